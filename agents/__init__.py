@@ -1,0 +1,1 @@
+"""Agents: identity, spec, memory and the state machine; engines that run them."""

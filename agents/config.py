@@ -1,0 +1,188 @@
+"""One pydantic config tree, loaded from YAML or TOML plus CLI overrides.
+
+Every field has a description and a bound; unknown keys are errors. `load_settings` turns any
+problem into a one-line `UsageError` that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agents.errors import UsageError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HealthWeights(Section):
+    """Weights of the five health components; they must sum to 1."""
+
+    coherence: float = Field(0.25, ge=0, le=1, description="Output is not degenerate.")
+    completeness: float = Field(0.20, ge=0, le=1, description="Output meets the task contract.")
+    latency: float = Field(0.15, ge=0, le=1, description="Elapsed time against the deadline.")
+    memory: float = Field(0.25, ge=0, le=1, description="VRAM (or RAM) headroom after the step.")
+    consistency: float = Field(0.15, ge=0, le=1, description="Agreement with peers / own past.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> HealthWeights:
+        total = sum(self.as_dict().values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"health weights must sum to 1, got {total:.4f}")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.model_dump())
+
+
+class HealthConfig(Section):
+    weights: HealthWeights = Field(default_factory=HealthWeights, description="Component weights.")
+    healthy: float = Field(0.75, ge=0, le=1, description="Score at or above which a step is healthy.")
+    contract_floor: float = Field(
+        0.5, ge=0, le=1, description="Completeness below this is a failed contract, whatever the score."
+    )
+    coherence_floor: float = Field(
+        0.5, ge=0, le=1, description="Coherence below this is garbage, whatever the score."
+    )
+
+
+class RecoveryMode(StrEnum):
+    NONE = "none"  # accept the first answer
+    NAIVE = "naive"  # retry with the same parameters, up to max_attempts
+    TIERED = "tiered"  # the tiered, supervised self-healing policy
+
+
+class RecoveryConfig(Section):
+    mode: RecoveryMode = Field(RecoveryMode.TIERED, description="Which recovery policy runs.")
+    max_attempts: int = Field(4, ge=1, le=20, description="Hard cap on attempts per task.")
+    intensity: int = Field(
+        5, ge=1, description="Restarts allowed within `period_s` before escalating a tier."
+    )
+    period_s: float = Field(60.0, gt=0, description="Supervision window in seconds.")
+    backoff_base_s: float = Field(0.02, ge=0, description="First backoff delay.")
+    backoff_max_s: float = Field(2.0, ge=0, description="Longest backoff delay.")
+    jitter: float = Field(0.5, ge=0, le=1, description="Relative jitter of the backoff.")
+    seed: int = Field(0, ge=0, description="Seed of the jitter.")
+
+
+class EngineKind(StrEnum):
+    SCRIPTED = "scripted"
+    LLAMA_CPP = "llama_cpp"
+    VLLM = "vllm"
+
+
+class FaultRates(Section):
+    """Fault mix injected by the scripted engine (fractions of tasks)."""
+
+    garbage: float = Field(0.08, ge=0, le=1, description="Degenerate output.")
+    truncation: float = Field(0.05, ge=0, le=1, description="Answer cut off by the token limit.")
+    timeout: float = Field(0.04, ge=0, le=1, description="Step past its deadline.")
+    oom: float = Field(0.03, ge=0, le=1, description="Out of memory.")
+    crash: float = Field(0.02, ge=0, le=1, description="Engine crash.")
+    permanent: float = Field(0.01, ge=0, le=1, description="Never succeeds.")
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> FaultRates:
+        if sum(self.model_dump().values()) > 1.0:
+            raise ValueError("fault rates must sum to at most 1")
+        return self
+
+
+class EngineConfig(Section):
+    kind: EngineKind = Field(EngineKind.LLAMA_CPP, description="Model runtime.")
+    model_path: Path | None = Field(
+        None, description="GGUF file (llama_cpp) or HF folder (vllm); default: the shipped model."
+    )
+    n_ctx: int = Field(2048, ge=256, le=32768, description="Context window in tokens.")
+    n_threads: int = Field(0, ge=0, le=256, description="Threads per Host; 0 = cores / hosts.")
+    memory_tokens: int = Field(
+        512, ge=0, description="Token budget of the agent memory put into the prompt."
+    )
+    kv_snapshot: bool = Field(True, description="Keep the engine KV state in the checkpoint.")
+    kv_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=0, description="Largest KV snapshot kept in a checkpoint."
+    )
+    faults: FaultRates = Field(default_factory=FaultRates, description="Scripted engine faults.")
+    step_cost_s: float = Field(0.0, ge=0, description="Scripted engine: seconds per step.")
+    seed: int = Field(0, ge=0, description="Engine seed.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM: share of memory to reserve; default from the budget."
+    )
+
+
+class PoolConfig(Section):
+    budget_mib: int = Field(8192, ge=64, description="VRAM budget of one GPU in MiB.")
+    watermark: float = Field(0.85, gt=0, le=1, description="Share of the budget the ledger may use.")
+    slots_per_gpu: int = Field(12, ge=1, le=256, description="Residents (Hosts) per GPU.")
+    num_gpus: int = Field(1, ge=1, le=64, description="GPUs (logical without hardware).")
+    engine_base_mib: int = Field(
+        600, ge=0, description="Engine footprint per GPU: weights + context."
+    )
+    agent_kv_mib: int = Field(
+        320, ge=0, description="Footprint of one resident agent: KV cache + activations."
+    )
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="Durable checkpoint folder.")
+    keep_versions: int = Field(3, ge=1, le=100, description="Checkpoint versions kept per agent.")
+    batch_per_agent: int = Field(
+        8, ge=1, le=1024, description="Tasks dispatched to a resident agent in one call."
+    )
+    namespace: str = Field("selfheal", description="Ray namespace of the named actors.")
+
+
+class Settings(Section):
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"config {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(f"config {path}: not valid {path.suffix.lstrip('.')}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path}: top level must be a mapping")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def one_line(exc: ValidationError, where: str) -> str:
+    """The first validation error as `where: field.path: message`."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {loc}: {msg}"
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from an optional YAML/TOML file, then nested `overrides` (from CLI flags)."""
+    data = _read_file(path) if path else {}
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(one_line(exc, f"config {path}" if path else "config")) from None

@@ -1,0 +1,1 @@
+"""Health scoring and the tiered, supervised recovery policy."""
