@@ -135,6 +135,16 @@ class PoolConfig(Section):
     )
     namespace: str = Field("selfheal", description="Ray namespace of the named actors.")
 
+    @model_validator(mode="after")
+    def _base_fits(self) -> PoolConfig:
+        limit = self.budget_mib * self.watermark
+        if self.engine_base_mib + self.agent_kv_mib > limit:
+            raise ValueError(
+                f"engine_base_mib + agent_kv_mib ({self.engine_base_mib + self.agent_kv_mib}) "
+                f"exceeds budget_mib x watermark ({limit:.0f}): no agent could ever be resident"
+            )
+        return self
+
 
 class Settings(Section):
     pool: PoolConfig = Field(default_factory=PoolConfig)

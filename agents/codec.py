@@ -1,0 +1,142 @@
+"""An `AgentRecord` as one Arrow record batch, and back.
+
+Theory of operation: a checkpoint is an Arrow IPC *stream* holding exactly one record batch of
+exactly one row, under a fixed schema that carries its version in the schema metadata
+(`selfheal.schema_version`). Decoding trusts nothing: the schema must match this module's exactly
+(names, types, nullability, metadata), the batch is validated in full by Arrow (offsets, UTF-8),
+and the row is validated again by the pydantic models. Whatever is wrong with the bytes surfaces as
+`CheckpointCorrupt` and nothing else, so the store can quarantine the file and fall back.
+
+The generation parameters travel as JSON so that a new sampling field with a default does not need
+a new schema version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from agents.errors import CheckpointCorrupt, StorageError
+from agents.models import AgentRecord, AgentSpec, GenerationParams, Turn
+
+SCHEMA_VERSION: Final = "1"
+_VERSION_KEY: Final = b"selfheal.schema_version"
+
+_TURN = pa.struct(
+    [
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("content", pa.string(), nullable=False),
+    ]
+)
+SCHEMA: Final = pa.schema(
+    [
+        pa.field("agent_id", pa.string(), nullable=False),
+        pa.field("system_prompt", pa.string(), nullable=False),
+        pa.field("priority", pa.int8(), nullable=False),
+        pa.field("generation", pa.string(), nullable=False),  # GenerationParams as JSON
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("memory", pa.list_(pa.field("item", _TURN, nullable=False)), nullable=False),
+        pa.field("notes", pa.list_(pa.field("item", pa.string(), nullable=False)), nullable=False),
+        pa.field("kv_state", pa.binary(), nullable=True),
+        pa.field("tasks_done", pa.int64(), nullable=False),
+        pa.field("failed_reason", pa.string(), nullable=True),
+    ],
+    metadata={_VERSION_KEY: SCHEMA_VERSION.encode()},
+)
+
+
+def encode(record: AgentRecord) -> bytes:
+    """The record as an Arrow IPC stream of one single-row batch under `SCHEMA`."""
+    try:
+        batch = pa.RecordBatch.from_arrays(_columns(record), schema=SCHEMA)
+    except (pa.ArrowException, OverflowError) as exc:  # e.g. tasks_done past int64
+        raise StorageError(f"cannot encode agent {record.spec.agent_id}: {exc}") from exc
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, SCHEMA) as writer:
+        writer.write_batch(batch)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def _columns(record: AgentRecord) -> list[pa.Array]:
+    spec = record.spec
+    turns = [{"role": t.role, "content": t.content} for t in record.memory]
+    values: list[Any] = [
+        spec.agent_id,
+        spec.system_prompt,
+        spec.priority,
+        spec.generation.model_dump_json(),
+        record.state.value,
+        turns,
+        list(record.notes),
+        record.kv_state,
+        record.tasks_done,
+        record.failed_reason,
+    ]
+    return [pa.array([v], type=f.type) for v, f in zip(values, SCHEMA, strict=True)]
+
+
+def decode(data: bytes) -> AgentRecord:
+    """The record in `data`; raises `CheckpointCorrupt`, and only that, for bad bytes."""
+    try:
+        return _row_to_record(_single_row(data))
+    except CheckpointCorrupt:
+        raise
+    except ValidationError as exc:
+        raise CheckpointCorrupt(f"invalid agent record: {_first_error(exc)}") from None
+    # In-memory bytes: an OSError here is Arrow's "Invalid IPC message", not an I/O failure.
+    except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise CheckpointCorrupt(
+            f"not a valid Arrow checkpoint: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _single_row(data: bytes) -> dict[str, Any]:
+    reader = pa.ipc.open_stream(pa.py_buffer(data))
+    _check_schema(reader.schema)
+    batches = list(reader)
+    if len(batches) != 1 or batches[0].num_rows != 1:
+        rows = sum(b.num_rows for b in batches)
+        raise CheckpointCorrupt(f"expected 1 batch of 1 row, got {len(batches)} with {rows} rows")
+    batch = batches[0]
+    batch.validate(full=True)
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if not field.nullable and column.null_count:
+            raise CheckpointCorrupt(f"null in non-nullable column {field.name}")
+    return {
+        name: col[0].as_py() for name, col in zip(batch.schema.names, batch.columns, strict=True)
+    }
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    version = (schema.metadata or {}).get(_VERSION_KEY)
+    if version != SCHEMA_VERSION.encode():
+        raise CheckpointCorrupt(f"unsupported checkpoint schema version {version!r}")
+    if not schema.equals(SCHEMA, check_metadata=True):
+        raise CheckpointCorrupt("checkpoint schema does not match version " + SCHEMA_VERSION)
+
+
+def _row_to_record(row: dict[str, Any]) -> AgentRecord:
+    spec = AgentSpec(
+        agent_id=row["agent_id"],
+        system_prompt=row["system_prompt"],
+        priority=row["priority"],
+        generation=GenerationParams.model_validate_json(row["generation"]),
+    )
+    return AgentRecord(
+        spec=spec,
+        state=row["state"],
+        memory=tuple(Turn.model_validate(t) for t in row["memory"]),
+        notes=tuple(row["notes"]),
+        kv_state=row["kv_state"],
+        tasks_done=row["tasks_done"],
+        failed_reason=row["failed_reason"],
+    )
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "record"
+    return f"{where}: {err['msg']}"

@@ -1,0 +1,20 @@
+"""Build the configured engine; the only place that knows every engine module."""
+
+from __future__ import annotations
+
+from agents.config import EngineConfig, EngineKind
+from agents.engines.base import Engine
+
+
+def make_engine(cfg: EngineConfig, n_threads: int | None = None) -> Engine:
+    if cfg.kind is EngineKind.SCRIPTED:
+        from agents.engines.scripted import ScriptedEngine
+
+        return ScriptedEngine(cfg)
+    if cfg.kind is EngineKind.LLAMA_CPP:
+        from agents.engines.llama_cpp import LlamaCppEngine
+
+        return LlamaCppEngine(cfg, n_threads=n_threads)
+    from agents.engines.vllm import VllmEngine  # type: ignore[import-not-found,unused-ignore]
+
+    return VllmEngine(cfg)  # type: ignore[no-any-return,unused-ignore]

@@ -1,0 +1,132 @@
+"""A deterministic engine with seeded fault injection and ground truth.
+
+Each task draws one fault from `FaultRates` by a hash of (seed, task_id), so every policy sees
+the same faults. A fault then behaves the way its real counterpart does, which is what lets a
+benchmark tell a good recovery policy from a bad one:
+
+- garbage (transient): degenerate text while the temperature is high; a retry at the same
+  temperature clears it with probability 1/2, a lower temperature (<= 0.3) always does.
+- truncation (transient): the answer needs twice the default token limit; only a larger limit fixes it.
+- timeout (transient): the first attempt stalls past its deadline; any retry succeeds.
+- oom (resource): out of memory until the agent's memory is compressed or it moves to another Host.
+- crash (transient): the engine fails; each retry clears it with probability 1/2, a new Host always.
+- permanent: never answers correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from agents.config import EngineConfig
+from agents.engines.base import GenRequest, GenResult
+from agents.errors import EngineFault, FaultClass, GroundTruth
+from agents.models import GenerationParams, TaskKind
+
+_TRUTH = {
+    "none": GroundTruth.NONE,
+    "garbage": GroundTruth.TRANSIENT,
+    "truncation": GroundTruth.TRANSIENT,
+    "timeout": GroundTruth.TRANSIENT,
+    "crash": GroundTruth.TRANSIENT,
+    "oom": GroundTruth.RESOURCE,
+    "permanent": GroundTruth.PERMANENT,
+}
+_LONG_ANSWER_TOKENS = 2 * GenerationParams().max_tokens  # a truncated answer needs this many
+_GARBAGE = "the the the the the the the the the the the the the the the the the the \x00\x01"
+
+
+def _unit(*parts: object) -> float:
+    """A uniform number in [0, 1) from a hash of `parts` (stable across processes)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def fault_of(seed: int, task_id: str, rates: dict[str, float]) -> str:
+    """Which fault (or "none") the task draws."""
+    u, edge = _unit(seed, task_id), 0.0
+    for name, rate in rates.items():
+        edge += rate
+        if u < edge:
+            return name
+    return "none"
+
+
+def _fill(schema: dict[str, Any]) -> Any:
+    """A value that validates against a simple JSON schema."""
+    kind = schema.get("type", "string")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {key: _fill(sub) for key, sub in props.items()}
+    if kind == "array":
+        return [_fill(schema.get("items", {}))]
+    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, "value")
+
+
+def correct_answer(req: GenRequest) -> str:
+    if req.kind is TaskKind.JSON and req.json_schema is not None:
+        return json.dumps(_fill(req.json_schema))
+    if req.kind is TaskKind.LABEL and req.labels:
+        return req.expected or req.labels[0]
+    if req.expected is not None:
+        return req.expected
+    return "A short and coherent answer to the question."
+
+
+class ScriptedEngine:
+    name = "scripted"
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.rates = cfg.faults.model_dump()
+        self._states: dict[str, bytes] = {}
+
+    def generate(self, req: GenRequest) -> GenResult:
+        started = time.perf_counter()
+        if self.cfg.step_cost_s:
+            time.sleep(self.cfg.step_cost_s)
+        fault = fault_of(self.cfg.seed, req.task_id, self.rates)
+        truth = _TRUTH[fault]
+        text, finish = self._answer(req, fault)
+        tokens = max(1, len(text) // 4)
+        prompt_tokens = (len(req.system_prompt) + len(req.prompt)) // 4 + 1
+        return GenResult(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=tokens,
+            elapsed_s=time.perf_counter() - started,
+            truth=truth,
+            extra={"fault": fault},
+        )
+
+    def _answer(self, req: GenRequest, fault: str) -> tuple[str, str]:
+        clears = _unit(self.cfg.seed, req.task_id, req.attempt, "retry") < 0.5
+        if fault == "oom" and not (req.memory_compressed or req.host_changed):
+            raise EngineFault(FaultClass.OOM, "CUDA out of memory (injected)", _TRUTH[fault])
+        if fault == "timeout" and req.attempt == 0:
+            raise EngineFault(FaultClass.TIMEOUT, "step passed its deadline (injected)", _TRUTH[fault])
+        if fault == "crash" and not (req.host_changed or (req.attempt > 0 and clears)):
+            raise EngineFault(FaultClass.CRASH, "engine crashed (injected)", _TRUTH[fault])
+        if fault == "permanent":
+            return _GARBAGE, "stop"
+        if fault == "garbage" and req.params.temperature > 0.3 and not (req.attempt and clears):
+            return _GARBAGE, "stop"
+        answer = correct_answer(req)
+        if fault == "truncation" and req.params.max_tokens < _LONG_ANSWER_TOKENS:
+            return answer[: max(1, len(answer) // 2)], "length"
+        return answer, "stop"
+
+    def save_state(self, agent_id: str) -> bytes | None:
+        return self._states.get(agent_id)
+
+    def load_state(self, agent_id: str, blob: bytes) -> bool:
+        self._states[agent_id] = blob
+        return True
+
+    def close(self) -> None:
+        self._states.clear()

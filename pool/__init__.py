@@ -1,0 +1,1 @@
+"""Pool: the residency plan, the VRAM ledger and the actors that apply them."""

@@ -1,0 +1,92 @@
+"""The Ray edge: Host and HealthMonitor actors wrap the plain runtimes.
+
+Only this module and `pool/manager.py` import ray. A Host is created once, warm, with a
+fractional GPU, and reused for many agents; it loads its engine (model weights) once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from agents.config import Settings
+from agents.engines.factory import make_engine
+from agents.models import Task
+from pool.checkpoint import CheckpointStore
+from pool.host import Carry, HostRuntime, Outcome
+from recovery.monitor import Monitor
+from recovery.types import Decision, HealthReport, Signals
+
+MONITOR_NAME = "health-monitor"
+MANAGER_NAME = "pool-manager"
+
+
+def engine_threads(settings: Settings, hosts_per_node: int) -> int:
+    """Threads per Host so that the Hosts of a node do not oversubscribe its cores."""
+    if settings.engine.n_threads:
+        return settings.engine.n_threads
+    return max(1, (os.cpu_count() or 1) // max(1, min(hosts_per_node, os.cpu_count() or 1)))
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class HostActor:
+    def __init__(self, host_id: str, settings: Settings, store_root: str, threads: int) -> None:
+        self.monitor = ray.get_actor(MONITOR_NAME, namespace=settings.pool.namespace)
+        engine = make_engine(settings.engine, n_threads=threads)
+        store = CheckpointStore(Path(store_root), keep=settings.pool.keep_versions)
+        self.rt = HostRuntime(host_id, settings, engine, store, self._assess)
+        self.gpu = (ray.get_gpu_ids() or ["0"])[0]
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def _assess(
+        self, agent_id: str, items: list[tuple[str, str, int, Signals]]
+    ) -> list[tuple[HealthReport, Decision]]:
+        return ray.get(self.monitor.assess.remote(agent_id, items))  # type: ignore[no-any-return,unused-ignore]
+
+    def info(self) -> dict[str, Any]:
+        return {"gpu": str(self.gpu), "node": self.node, "pid": os.getpid(),
+                "agent": self.rt.agent.spec.agent_id if self.rt.agent else None}
+
+    def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
+        return self.rt.bind(agent_id, blob, epoch)
+
+    def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
+        return self.rt.run(tasks, headroom)
+
+    def park(self) -> bytes:
+        return self.rt.park()
+
+    def release(self) -> None:
+        self.rt.release()
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return self.rt.events.drain()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class MonitorActor:
+    def __init__(self, settings: Settings) -> None:
+        self.m = Monitor(settings.health, settings.recovery)
+
+    def assess(
+        self, agent_id: str, items: list[tuple[str, str, int, Signals]]
+    ) -> list[tuple[HealthReport, Decision]]:
+        return self.m.assess(agent_id, items)
+
+    def release(self, agent_id: str) -> bool:
+        return self.m.release(agent_id)
+
+    def mark_failed(self, agent_id: str, reason: str) -> None:
+        self.m.mark_failed(agent_id, reason)
+
+    def failed(self) -> dict[str, Any]:
+        return {"agents": dict(self.m.failed), "dead_letters": list(self.m.dead_letters[-1000:])}
+
+    def inspect(self, agent_id: str) -> dict[str, Any]:
+        return self.m.inspect(agent_id)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return self.m.events.drain()

@@ -1,0 +1,189 @@
+"""The batch driver behind `selfheal run` and `scripts/run_batch.py`.
+
+It validates the input (bad lines become `rejected` results), skips tasks already committed in
+`--out` (resumable), connects to Ray (an existing cluster, else a local one with logical GPUs),
+starts a fresh PoolManager, feeds it the tasks, and commits every result to the task ledger as it
+arrives. At the end it writes `results.parquet`, `summary.json` and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agents.config import Settings
+from agents.errors import UsageError
+from agents.events import configure_logging
+from agents.models import AgentSpec, Task
+from pool.actors import MANAGER_NAME, MONITOR_NAME
+from pool.inputs import generated_agents, load_agents, load_tasks
+from pool.ledger import TaskLedger, write_jsonl
+from pool.manager import PoolManager
+from pool.summary import summarise
+
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    tasks: Path
+    out: Path
+    settings: Settings
+    agents: int | None = None
+    agents_file: Path | None = None
+    address: str | None = None
+    progress: bool = True
+
+
+def connect(settings: Settings, address: str | None) -> None:
+    """Join the given or running cluster; else start a local Ray with logical GPUs."""
+    if ray.is_initialized():
+        return
+    ns = settings.pool.namespace
+    try:
+        ray.init(address=address or "auto", namespace=ns, log_to_driver=False)
+    except ConnectionError:
+        if address:
+            raise UsageError(f"cannot reach a Ray cluster at {address}") from None
+        ray.init(num_gpus=settings.pool.num_gpus, namespace=ns, log_to_driver=False,
+                 include_dashboard=False)
+
+
+def fresh_manager(settings: Settings, store_root: Path) -> Any:
+    """Replace any PoolManager left by an earlier run (a killed driver's, say)."""
+    ns = settings.pool.namespace
+    for name in (MANAGER_NAME, MONITOR_NAME):
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+    for _ in range(100):  # the name is freed asynchronously
+        try:
+            ray.get_actor(MANAGER_NAME, namespace=ns)
+            time.sleep(0.05)
+        except ValueError:
+            break
+    return PoolManager.options(  # type: ignore[attr-defined]
+        name=MANAGER_NAME, namespace=ns, lifetime="detached"
+    ).remote(settings, str(store_root))
+
+
+def _specs(opts: RunOptions, tasks: list[Task]) -> list[AgentSpec]:
+    if opts.agents_file:
+        return load_agents(opts.agents_file)
+    if opts.agents:
+        return generated_agents(opts.agents)
+    seen = dict.fromkeys(t.agent_id for t in tasks)
+    return [AgentSpec(agent_id=a) for a in seen]
+
+
+def run_batch(opts: RunOptions) -> dict[str, Any]:
+    configure_logging()
+    started = time.perf_counter()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    all_tasks, _ = load_tasks(opts.tasks)
+    specs = _specs(opts, all_tasks)
+    tasks, rejected = load_tasks(opts.tasks, agents={s.agent_id for s in specs})
+    ledger = TaskLedger(opts.out / "ledger.jsonl")
+    ledger.append(rejected)
+    todo = [t for t in tasks if t.task_id not in ledger]
+    store_root = _store_root(opts)
+    console = Console(stderr=True)
+    console.print(f"[bold]selfheal[/] {len(tasks) + len(rejected)} tasks "
+                  f"({len(todo)} to run, {len(ledger)} already committed), {len(specs)} agents, "
+                  f"engine {opts.settings.engine.kind.value}")
+    if todo:
+        _drive(opts, specs, todo, ledger, store_root, console)
+    rows = ledger.rows()
+    ledger.close()
+    events = _read_events(opts.out / "events.jsonl")
+    summary = summarise(rows, events, time.perf_counter() - started)
+    _write_results(opts.out, rows)
+    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(summary_table(summary))
+    return summary
+
+
+def _store_root(opts: RunOptions) -> Path:
+    root = opts.settings.pool.checkpoint_dir
+    return (root if root.is_absolute() else opts.out / root).resolve()
+
+
+def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: TaskLedger,
+           store_root: Path, console: Console) -> None:
+    connect(opts.settings, opts.address)
+    manager = fresh_manager(opts.settings, store_root)
+    ray.get(manager.start.remote())
+    for i in range(0, len(specs), 5000):
+        ray.get(manager.register.remote(specs[i : i + 5000]))
+    ray.get(manager.submit.remote([(t, None) for t in todo]))
+    waiting = {t.task_id for t in todo}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=not opts.progress) as bar:
+        job = bar.add_task("tasks", total=len(todo))
+        while waiting:
+            time.sleep(POLL_S)
+            got = ray.get(manager.drain.remote())
+            new = ledger.append(r for r in got["results"] if r.task_id in waiting)
+            waiting.difference_update(r.task_id for r in new)
+            write_jsonl(opts.out / "events.jsonl", got["events"])
+            bar.update(job, advance=len(new))
+    got = ray.get(manager.drain.remote())
+    write_jsonl(opts.out / "events.jsonl", got["events"])
+
+
+def _read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn line from a killed driver
+    return out
+
+
+RESULT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task_id", "agent_id", "status")] + [
+    ("output", pa.string()), ("score", pa.float64()), ("coherence", pa.float64()),
+    ("completeness", pa.float64()), ("latency", pa.float64()), ("memory", pa.float64()),
+    ("consistency", pa.float64()), ("attempts", pa.int32()), ("tiers", pa.list_(pa.int8())),
+    ("agent_state", pa.string()), ("elapsed_s", pa.float64()), ("tokens", pa.int64()),
+    ("error", pa.string()), ("truth", pa.string()),
+])
+
+
+def _write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    tmp = out / "results.parquet.tmp"
+    pq.write_table(table, tmp)
+    tmp.replace(out / "results.parquet")
+
+
+def summary_table(s: dict[str, Any]) -> Table:
+    table = Table(title="selfheal run", show_header=False)
+    rows = [
+        ("tasks", s["tasks"]), ("succeeded", s["succeeded"]),
+        ("healed by tier 1 / tier 2", f"{s['healed_tier1']} / {s['healed_tier2']}"),
+        ("failed", s["failed"]), ("rejected", s["rejected"]),
+        ("success rate", f"{100 * s['success_rate']:.1f}%"),
+        ("task latency p50 / p95", f"{s['latency_p50_s']:.3f} s / {s['latency_p95_s']:.3f} s"),
+        ("tokens/s", f"{s['tokens_per_s']:.1f}"), ("tasks/s", f"{s['tasks_per_s']:.1f}"),
+        ("activations (p50 / p99)",
+         f"{s['activations']} ({s['activation_p50_ms']:.1f} / {s['activation_p99_ms']:.1f} ms)"),
+        ("peak residents per GPU", f"{s['peak_residents_per_gpu']} (cap {s['slots_per_gpu']})"),
+        ("peak VRAM ledger", f"{s['peak_ledger_mib']:.0f} / {s['ledger_limit_mib']:.0f} MiB"),
+        ("wall time", f"{s['wall_s']:.1f} s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    return table

@@ -1,0 +1,400 @@
+"""The durable checkpoint tier: crash-safe, versioned Arrow files on disk, one folder per agent.
+
+Theory of operation (DESIGN.md section 7). Agent `a` lives in `root/agents/<hh>/<a>/`, where `hh`
+is the first byte of sha256(a) in hex, so 10^5 agents spread over 256 folders. The folder holds
+`v00000007.arrow` data files, `MANIFEST.json` and a `.lock` file. A write holds an exclusive
+`flock` on `.lock`, writes the data to a `*.tmp` file, fsyncs it, renames it to its version name
+and fsyncs the folder; only then does it replace the manifest (same temp + fsync + rename + fsync
+protocol). The manifest is the commit point: a file it does not list is never read, and whatever a
+crash leaves behind (temp files, a renamed but uncommitted version) is deleted by the next write.
+
+The manifest keeps the highest epoch and version ever committed apart from its entries, so that
+dropping a bad version never lets versions run backwards or a zombie Host (lower epoch) write.
+A read checks size, sha256 and a full decode of the newest entry; a file that fails is moved to
+`root/quarantine/<a>/` with a reason file, dropped from the manifest, and the previous version is
+tried. Only the project's typed errors leave this module: `StorageError` and its subclasses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+
+from agents.codec import decode, encode
+from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
+from agents.models import AgentId, AgentRecord
+
+MANIFEST: Final = "MANIFEST.json"
+LOCK: Final = ".lock"
+FORMAT: Final = 1
+STEPS: Final = ("temp_written", "fsynced", "renamed", "manifest_written")
+
+log = structlog.get_logger(__name__)
+_agent_id = TypeAdapter(AgentId)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One committed version of one agent's checkpoint."""
+
+    agent_id: str
+    version: int  # 1, 2, ...: strictly increasing per agent, never reused
+    sha256: str  # hex digest of the file's bytes
+    epoch: int  # fencing token of the writer (the Host's binding)
+    size: int  # bytes
+    file: str  # file name inside the agent's folder, always v{version:08d}.arrow
+
+
+@dataclass(frozen=True, slots=True)
+class _Manifest:
+    agent_id: str
+    epoch: int  # highest epoch ever committed: the fence, even after entries are dropped
+    version: int  # highest version ever used
+    entries: tuple[ManifestEntry, ...]  # oldest first
+    quarantined: str | None = None  # reason, when the whole agent was quarantined
+    format: int = FORMAT
+
+
+_manifest_adapter = TypeAdapter(_Manifest)
+
+
+def _file_name(version: int) -> str:
+    return f"v{version:08d}.arrow"
+
+
+class CheckpointStore:
+    """Versioned, crash-safe agent checkpoints under `root`; see the module docstring."""
+
+    def __init__(
+        self, root: Path, keep: int = 3, fault_hook: Callable[[str], None] | None = None
+    ) -> None:
+        if keep < 1:
+            raise UsageError(f"keep must be at least 1, got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+        self._hook = fault_hook
+
+    # ---- writes -------------------------------------------------------------------------
+
+    def write(self, record: AgentRecord, epoch: int) -> ManifestEntry:
+        """Commit `record` as the agent's next version; committed only when this returns."""
+        return self._commit(record.spec.agent_id, encode(record), epoch)
+
+    def write_bytes(self, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
+        """Commit an already encoded record; bytes that do not decode to this agent are refused."""
+        self._folder(agent_id)  # a bad id is a UsageError before the bytes are looked at
+        self._check_record(agent_id, data)
+        return self._commit(agent_id, data, epoch)
+
+    def _commit(self, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
+        folder = self._folder(agent_id)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise UsageError(f"epoch must be a non-negative int, got {epoch!r}")
+        try:
+            self._make_folder(folder)
+            with _locked(folder):
+                return self._commit_locked(folder, agent_id, data, epoch)
+        except OSError as exc:
+            raise _storage_error(f"checkpoint write for agent {agent_id} failed", exc) from exc
+
+    def _commit_locked(self, folder: Path, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
+        old = self._load_manifest(folder, agent_id) or _Manifest(agent_id, 0, 0, ())
+        if epoch < old.epoch:
+            raise StaleEpoch(
+                f"agent {agent_id}: write with epoch {epoch} refused, epoch {old.epoch} committed"
+            )
+        _remove_temps(folder)
+        version = old.version + 1
+        entry = ManifestEntry(
+            agent_id,
+            version,
+            hashlib.sha256(data).hexdigest(),
+            epoch,
+            len(data),
+            _file_name(version),
+        )
+        # A failure from here on leaves at worst an unlisted file: never read, pruned next time.
+        self._write_durably(folder / entry.file, data, hooks=True)
+        self._step("renamed")
+        kept = (*old.entries, entry)[-self.keep :]
+        self._save_manifest(folder, _Manifest(agent_id, epoch, version, kept))
+        self._step("manifest_written")
+        self._prune(folder, kept)
+        return entry
+
+    def _write_durably(self, path: Path, data: bytes, hooks: bool = False) -> None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, data)
+                if hooks:
+                    self._step("temp_written")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if hooks:
+                self._step("fsynced")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def _save_manifest(self, folder: Path, manifest: _Manifest) -> None:
+        doc = {**_as_dict(manifest), "entries": [_as_dict(e) for e in manifest.entries]}
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        self._write_durably(folder / MANIFEST, data)
+
+    def _prune(self, folder: Path, kept: tuple[ManifestEntry, ...]) -> None:
+        live = {e.file for e in kept}
+        try:
+            for name in os.listdir(folder):
+                if name.endswith(".arrow") and name not in live:
+                    (folder / name).unlink(missing_ok=True)
+        except OSError as exc:  # the write is committed; the next one prunes again
+            log.warning("checkpoint.prune_failed", folder=str(folder), error=str(exc))
+
+    def _step(self, step: str) -> None:
+        if self._hook is not None:
+            self._hook(step)
+
+    # ---- reads --------------------------------------------------------------------------
+
+    def read(self, agent_id: str) -> tuple[AgentRecord, ManifestEntry]:
+        """The newest version that verifies; bad newer ones are quarantined on the way."""
+        _, record, entry = self._read_verified(agent_id)
+        return record, entry
+
+    def read_bytes(self, agent_id: str) -> tuple[bytes, ManifestEntry]:
+        """Like `read`, returning the verified file's bytes."""
+        data, _, entry = self._read_verified(agent_id)
+        return data, entry
+
+    def verify(self, agent_id: str) -> ManifestEntry:
+        """Read and verify the newest version (quarantining bad ones); for checks and tools."""
+        return self._read_verified(agent_id)[2]
+
+    def _read_verified(self, agent_id: str) -> tuple[bytes, AgentRecord, ManifestEntry]:
+        folder = self._folder(agent_id)
+        try:
+            if not (folder / MANIFEST).exists():
+                raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
+            with _locked(folder):
+                return self._read_locked(folder, agent_id)
+        except OSError as exc:
+            raise _storage_error(f"checkpoint read for agent {agent_id} failed", exc) from exc
+
+    def _read_locked(self, folder: Path, agent_id: str) -> tuple[bytes, AgentRecord, ManifestEntry]:
+        manifest = self._load_manifest(folder, agent_id)
+        if manifest is None:
+            raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
+        if manifest.quarantined is not None:
+            raise CheckpointCorrupt(f"agent {agent_id} is quarantined: {manifest.quarantined}")
+        entries = list(manifest.entries)
+        try:
+            while entries:
+                entry = entries[-1]
+                reason = None
+                try:
+                    data = (folder / entry.file).read_bytes()
+                    return data, self._check_entry(entry, data), entry
+                except FileNotFoundError:
+                    reason = "file missing"
+                except CheckpointCorrupt as exc:
+                    reason = str(exc)
+                self._quarantine_file(folder, entry, reason)
+                entries.pop()
+            raise CheckpointCorrupt(f"agent {agent_id}: no version verifies")
+        finally:
+            if len(entries) != len(manifest.entries):
+                self._save_manifest(folder, dataclasses.replace(manifest, entries=tuple(entries)))
+
+    def _check_entry(self, entry: ManifestEntry, data: bytes) -> AgentRecord:
+        if len(data) != entry.size:
+            raise CheckpointCorrupt(f"size {len(data)} != {entry.size} in manifest")
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise CheckpointCorrupt("sha256 mismatch")
+        return self._check_record(entry.agent_id, data)
+
+    @staticmethod
+    def _check_record(agent_id: str, data: bytes) -> AgentRecord:
+        record = decode(data)
+        if record.spec.agent_id != agent_id:
+            raise CheckpointCorrupt(f"holds agent {record.spec.agent_id}, expected {agent_id}")
+        return record
+
+    # ---- manifest -----------------------------------------------------------------------
+
+    def latest(self, agent_id: str) -> ManifestEntry | None:
+        """The newest committed entry (not verified), or None for an unknown or emptied agent."""
+        entries = self.versions(agent_id)
+        return entries[-1] if entries else None
+
+    def versions(self, agent_id: str) -> list[ManifestEntry]:
+        """The committed entries, oldest first (not verified); [] for an unknown agent."""
+        manifest = self._load_manifest(self._folder(agent_id), agent_id)
+        return [] if manifest is None else list(manifest.entries)
+
+    def exists(self, agent_id: str) -> bool:
+        """Whether the store knows the agent (a quarantined agent exists: reading it raises)."""
+        return (self._folder(agent_id) / MANIFEST).exists()
+
+    def agent_ids(self) -> Iterator[str]:
+        """Every known agent, shard by shard (not globally sorted)."""
+        agents = self.root / "agents"
+        if not agents.is_dir():
+            return
+        for shard in sorted(agents.iterdir()):
+            for folder in sorted(shard.iterdir()):
+                if (folder / MANIFEST).exists():
+                    yield folder.name
+
+    def _load_manifest(self, folder: Path, agent_id: str) -> _Manifest | None:
+        try:
+            raw = (folder / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(f"manifest of agent {agent_id} unreadable", exc) from exc
+        try:
+            manifest = _manifest_adapter.validate_json(raw, strict=True)
+        except ValidationError as exc:
+            raise CheckpointCorrupt(f"manifest of agent {agent_id} is invalid: {exc}") from None
+        _check_manifest(manifest, agent_id)
+        return manifest
+
+    # ---- quarantine ---------------------------------------------------------------------
+
+    def quarantine(self, agent_id: str, reason: str) -> None:
+        """Move all of the agent's versions to `root/quarantine/`; reading it then raises."""
+        folder = self._folder(agent_id)
+        try:
+            if not (folder / MANIFEST).exists():
+                raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
+            with _locked(folder):
+                manifest = self._load_manifest(folder, agent_id)
+                if manifest is None:
+                    raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
+                for entry in reversed(manifest.entries):
+                    self._quarantine_file(folder, entry, reason)
+                self._save_manifest(
+                    folder, dataclasses.replace(manifest, entries=(), quarantined=reason)
+                )
+        except OSError as exc:
+            raise _storage_error(f"quarantine of agent {agent_id} failed", exc) from exc
+        log.warning("checkpoint.agent_quarantined", agent_id=agent_id, reason=reason)
+
+    def _quarantine_file(self, folder: Path, entry: ManifestEntry, reason: str) -> None:
+        target = self.root / "quarantine" / entry.agent_id
+        target.mkdir(parents=True, exist_ok=True)
+        name = f"{entry.file}.{time.time_ns()}"
+        moved = True
+        try:
+            os.replace(folder / entry.file, target / name)
+        except FileNotFoundError:
+            moved = False
+        note = {"reason": reason, "moved": moved, **_as_dict(entry)}
+        (target / f"{name}.reason.json").write_text(json.dumps(note, indent=1) + "\n")
+        _fsync_dir(target)
+        log.warning(
+            "checkpoint.quarantined", agent_id=entry.agent_id, version=entry.version, reason=reason
+        )
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def _folder(self, agent_id: str) -> Path:
+        try:
+            _agent_id.validate_python(agent_id, strict=True)
+        except ValidationError:
+            raise UsageError(f"invalid agent id {agent_id!r}") from None
+        if agent_id in (".", ".."):
+            raise UsageError(f"invalid agent id {agent_id!r}")
+        shard = hashlib.sha256(agent_id.encode()).hexdigest()[:2]
+        return self.root / "agents" / shard / agent_id
+
+    @staticmethod
+    def _make_folder(folder: Path) -> None:
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()
+            _fsync_dir(path.parent)  # the new folder's name must survive a crash too
+
+
+def _as_dict(obj: ManifestEntry | _Manifest) -> dict[str, object]:
+    # dataclasses.asdict deep-copies recursively: a third of a write's Python time.
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _check_manifest(m: _Manifest, agent_id: str) -> None:
+    """Refuse a manifest that parses but lies: it must never steer a read outside the folder."""
+    problems = []
+    if m.format != FORMAT:
+        problems.append(f"format {m.format}")
+    if m.agent_id != agent_id or any(e.agent_id != agent_id for e in m.entries):
+        problems.append("agent id mismatch")
+    if any(e.file != _file_name(e.version) for e in m.entries):
+        problems.append("unexpected file name")
+    versions = [e.version for e in m.entries]
+    if versions != sorted(set(versions)) or any(v < 1 or v > m.version for v in versions):
+        problems.append("versions out of order")
+    if any(e.epoch > m.epoch or e.epoch < 0 for e in m.entries):
+        problems.append("entry epoch above the fence")
+    if problems:
+        raise CheckpointCorrupt(f"manifest of agent {agent_id} is invalid: {', '.join(problems)}")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Exclusive flock on the agent's lock file: one holder at a time, across processes."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_temps(folder: Path) -> None:
+    for name in os.listdir(folder):
+        if name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+
+
+def _storage_error(what: str, exc: OSError) -> StorageError:
+    # OSError(errno.ENOSPC) built with one argument has no .errno: look at args too.
+    code = exc.errno if exc.errno is not None else next(iter(exc.args), None)
+    detail = os.strerror(code) if isinstance(code, int) else str(exc)
+    return StorageError(f"{what}: {detail}")

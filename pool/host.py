@@ -1,0 +1,317 @@
+"""What a Host does for its one resident agent: EXECUTE -> MONITOR -> RECOVER.
+
+A Host holds at most one agent (an `AgentRecord` plus its epoch). `run` executes a batch of the
+agent's tasks in rounds: every pending task is executed once, all outcomes go to the monitor in
+one call (`assess`), and each decision is applied: accept, retry re-tuned, compress memory, hand
+the task back for migration, or give up. Every round is bounded by the policy's attempt cap.
+Results leave the Host only after the agent's new state is a committed checkpoint.
+
+No Ray here: the Ray actor in `pool/actors.py` wraps this class, so tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agents import codec
+from agents.config import Settings
+from agents.engines.base import Engine, GenRequest, GenResult
+from agents.errors import EngineFault, FaultClass, GroundTruth, UsageError
+from agents.events import EventSink
+from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
+from agents.state import AgentState, Event, next_state
+from pool.checkpoint import CheckpointStore
+from recovery.policy import apply_retune
+from recovery.types import Action, Decision, HealthReport, Signals
+
+# (agent_id, [(task_id, prompt, attempt, signals)]) -> [(report, decision)]
+Assess = Callable[[str, list[tuple[str, str, int, Signals]]], list[tuple[HealthReport, Decision]]]
+QUIET = frozenset({(AgentState.IDLE, AgentState.RUNNING), (AgentState.RUNNING, AgentState.IDLE)})
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """A task's recovery state between attempts; travels with a migrated task."""
+
+    params: GenerationParams
+    attempt: int = 0
+    constrain: bool = False
+    tiers: tuple[int, ...] = ()
+    memory_compressed: bool = False
+    host_changed: bool = False
+    tokens: int = 0
+    truth: str = ""
+    started: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One task handed back to the pool: a terminal result, or a request to migrate."""
+
+    task: Task
+    result: TaskResult | None  # None when the task must move to another Host
+    carry: Carry | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    task: Task
+    carry: Carry
+    gen: GenResult | None = None
+    fault: EngineFault | None = None
+
+
+class HostRuntime:
+    def __init__(
+        self,
+        host_id: str,
+        settings: Settings,
+        engine: Engine,
+        store: CheckpointStore,
+        assess: Assess,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.host_id = host_id
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.assess = assess
+        self.clock = clock
+        self.sleep = sleep
+        self.events = EventSink(host_id)
+        self.agent: AgentRecord | None = None
+        self.epoch = 0
+
+    # -- residency -------------------------------------------------------------------------
+    def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
+        """Make `agent_id` resident: from hot-tier bytes when given, else from disk."""
+        started = time.perf_counter()
+        if self.agent is not None:
+            raise UsageError(f"{self.host_id} already hosts {self.agent.spec.agent_id}")
+        record = codec.decode(blob) if blob is not None else self.store.read(agent_id)[0]
+        tier = "hot" if blob is not None else "disk"
+        if record.state is AgentState.FAILED:  # a person must release it first
+            return {"elapsed_s": time.perf_counter() - started, "kv_restored": False,
+                    "state": record.state.value, "tier": tier}
+        kv_restored = False
+        if record.kv_state and self.settings.engine.kv_snapshot:
+            kv_restored = self.engine.load_state(agent_id, record.kv_state)
+        self.agent = record.model_copy(update={"state": next_state(record.state, Event.ACTIVATE)})
+        self.epoch = epoch
+        elapsed = time.perf_counter() - started
+        self.events.emit("agent.activated", agent_id=agent_id, host=self.host_id, epoch=epoch,
+                         tier=tier, kv_restored=kv_restored, elapsed_s=round(elapsed, 6))
+        return {"elapsed_s": elapsed, "kv_restored": kv_restored, "state": self.agent.state.value,
+                "tier": tier}
+
+    def park(self) -> bytes:
+        """Commit the agent's checkpoint and unbind it; returns the bytes for the hot tier."""
+        agent = self._require()
+        parked = agent.model_copy(update={"state": next_state(agent.state, Event.PARK)})
+        data = self._commit(parked)
+        self.agent = None
+        return data
+
+    def release(self) -> None:
+        """Forget the agent without writing (its state is already committed)."""
+        self.agent = None
+
+    def _commit(self, record: AgentRecord) -> bytes:
+        data = codec.encode(record)
+        self.store.write_bytes(record.spec.agent_id, data, self.epoch)
+        return data
+
+    def _require(self) -> AgentRecord:
+        if self.agent is None:
+            raise UsageError(f"{self.host_id} hosts no agent")
+        return self.agent
+
+    def _move(self, event: Event) -> None:
+        agent = self._require()
+        new = next_state(agent.state, event)
+        if (agent.state, new) not in QUIET:
+            self.events.emit("agent.state_changed", agent_id=agent.spec.agent_id,
+                             old=agent.state.value, new=new.value, host=self.host_id)
+        self.agent = agent.model_copy(update={"state": new})
+
+    # -- EXECUTE -> MONITOR -> RECOVER -----------------------------------------------------
+    def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
+        agent = self._require()
+        runs = [_Run(t, c or Carry(params=self._params(t), started=self.clock())) for t, c in tasks]
+        done: list[Outcome] = []
+        while runs:
+            for run in runs:
+                self._execute(run)
+            verdicts = self.assess(
+                agent.spec.agent_id,
+                [(r.task.task_id, r.task.prompt, r.carry.attempt, self._signals(r, headroom))
+                 for r in runs],
+            )
+            runs = self._recover(runs, verdicts, done)
+        self._snapshot_kv()
+        self._commit(self._require())
+        return done
+
+    def _snapshot_kv(self) -> None:
+        """Keep the engine's KV state in the checkpoint when configured and small enough."""
+        agent = self._require()
+        cfg = self.settings.engine
+        if not cfg.kv_snapshot or agent.state is AgentState.FAILED:
+            return
+        blob = self.engine.save_state(agent.spec.agent_id)
+        if blob is not None and len(blob) <= cfg.kv_max_bytes:
+            self.agent = agent.model_copy(update={"kv_state": blob})
+
+    def _params(self, task: Task) -> GenerationParams:
+        return self._require().spec.generation
+
+    def _execute(self, run: _Run) -> None:
+        agent = self._require()
+        if agent.state is not AgentState.RUNNING:
+            self._move(Event.START)
+        c = run.carry
+        req = GenRequest(
+            agent_id=agent.spec.agent_id, task_id=run.task.task_id,
+            system_prompt=agent.spec.system_prompt, prompt=run.task.prompt, params=c.params,
+            memory=agent.memory, kind=run.task.kind, json_schema=run.task.json_schema,
+            labels=run.task.labels, expected=run.task.expected, constrain=c.constrain,
+            attempt=c.attempt, memory_compressed=c.memory_compressed, host_changed=c.host_changed,
+        )
+        run.gen, run.fault = None, None
+        try:
+            run.gen = self.engine.generate(req)
+        except EngineFault as fault:
+            run.fault = fault
+        truth = (run.gen.truth if run.gen else run.fault.truth if run.fault else GroundTruth.NONE)
+        tokens = run.gen.prompt_tokens + run.gen.completion_tokens if run.gen else 0
+        run.carry = replace(c, tokens=c.tokens + tokens,
+                            truth=c.truth or (truth.value if truth is not GroundTruth.NONE else ""))
+
+    def _signals(self, run: _Run, headroom: float) -> Signals:
+        t = run.task
+        gen = run.gen
+        return Signals(
+            text=gen.text if gen else "",
+            finish_reason=gen.finish_reason if gen else "error",
+            kind=t.kind,
+            elapsed_s=gen.elapsed_s if gen else 0.0,
+            deadline_s=t.deadline_s,
+            memory_headroom=headroom,
+            json_schema=t.json_schema,
+            labels=t.labels,
+            expected=t.expected,
+            fault=run.fault.fault if run.fault else FaultClass.NONE,
+        )
+
+    def _recover(
+        self, runs: list[_Run], verdicts: list[tuple[HealthReport, Decision]], done: list[Outcome]
+    ) -> list[_Run]:
+        again: list[_Run] = []
+        for run, (report, decision) in zip(runs, verdicts, strict=True):
+            c = run.carry
+            tiers = c.tiers + ((int(decision.tier),) if decision.tier else ())
+            run.carry = replace(c, tiers=tiers)
+            if decision.action is Action.ACCEPT:
+                done.append(self._finish(run, report, ok=report.fault is FaultClass.NONE))
+            elif decision.action in (Action.FAIL_TASK, Action.FAIL_AGENT):
+                done.append(self._finish(run, report, ok=False, error=decision.reason))
+                if decision.action is Action.FAIL_AGENT:
+                    return self._fail_agent(runs[runs.index(run) + 1 :], again, done, decision)
+            else:
+                self._record_recovery(run, decision)
+                if decision.action is Action.MIGRATE:
+                    done.append(Outcome(run.task, None, self._next_carry(run, decision)))
+                    continue
+                if decision.action is Action.COMPRESS:
+                    self._compress()
+                run.carry = self._next_carry(run, decision)
+                again.append(run)
+        return again
+
+    def _record_recovery(self, run: _Run, decision: Decision) -> None:
+        agent = self._require()
+        if agent.state is AgentState.RUNNING or agent.state is AgentState.DEGRADED:
+            self._move(Event.RECOVER)
+        self.events.emit("recovery.decided", agent_id=agent.spec.agent_id,
+                         task_id=run.task.task_id, action=decision.action.value,
+                         tier=int(decision.tier), reason=decision.reason,
+                         attempt=run.carry.attempt, delay_s=round(decision.delay_s, 4))
+        if decision.delay_s:
+            self.sleep(decision.delay_s)
+
+    def _next_carry(self, run: _Run, decision: Decision) -> Carry:
+        c = run.carry
+        r = decision.retune
+        return replace(
+            c,
+            params=apply_retune(c.params, r),
+            attempt=c.attempt + 1,
+            constrain=c.constrain or r.constrain,
+            memory_compressed=c.memory_compressed or decision.action is Action.COMPRESS,
+            host_changed=c.host_changed or decision.action is Action.MIGRATE,
+        )
+
+    def _compress(self) -> None:
+        """Tier 2: keep the newer half of the memory and drop the KV snapshot."""
+        agent = self._require()
+        keep = agent.memory[len(agent.memory) // 2 :]
+        self.agent = agent.model_copy(update={"memory": keep, "kv_state": None})
+        self.events.emit("agent.memory_compressed", agent_id=agent.spec.agent_id,
+                         turns_before=len(agent.memory), turns_after=len(keep))
+
+    def _fail_agent(
+        self, rest: list[_Run], again: list[_Run], done: list[Outcome], decision: Decision
+    ) -> list[_Run]:
+        for run in rest + again:
+            done.append(self._finish(run, None, ok=False, error=f"agent failed: {decision.reason}"))
+        agent = self._require()
+        if agent.state is not AgentState.FAILED:
+            self._move(Event.FAIL)
+        self.agent = self._require().model_copy(update={"failed_reason": decision.reason})
+        return []
+
+    def _finish(
+        self, run: _Run, report: HealthReport | None, ok: bool, error: str = ""
+    ) -> Outcome:
+        agent = self._require()
+        if agent.state is not AgentState.FAILED:
+            self._settle(report, ok)
+        text = run.gen.text if run.gen else ""
+        if ok:
+            self._remember(run.task.prompt, text)
+        if not error and not ok:
+            error = (report.reason if report else "") or (str(run.fault) if run.fault else "")
+        comps = report.components() if report else {}
+        result = TaskResult(
+            task_id=run.task.task_id, agent_id=agent.spec.agent_id,
+            status=TaskStatus.SUCCEEDED if ok else TaskStatus.FAILED,
+            output=text, score=report.score if report else 0.0,
+            attempts=run.carry.attempt + 1, tiers=run.carry.tiers,
+            agent_state=self._require().state.value,
+            elapsed_s=self.clock() - run.carry.started, tokens=run.carry.tokens,
+            error=error[:500], truth=run.carry.truth, **comps,
+        )
+        return Outcome(run.task, result)
+
+    def _settle(self, report: HealthReport | None, ok: bool) -> None:
+        """Move the agent back to IDLE (or DEGRADED) after a task ends."""
+        agent = self._require()
+        healthy = ok and report is not None and report.healthy
+        if agent.state is AgentState.RECOVERING:
+            self._move(Event.HEALED if healthy else Event.DEGRADE)
+        elif agent.state is AgentState.RUNNING:
+            self._move(Event.SUCCEED if healthy else Event.DEGRADE)
+
+    def _remember(self, prompt: str, answer: str) -> None:
+        """Append the exchange to memory, bounded by the memory token budget (~4 chars/token)."""
+        agent = self._require()
+        turns = agent.memory + (Turn(role="user", content=prompt),
+                                Turn(role="assistant", content=answer))
+        budget = self.settings.engine.memory_tokens * 4
+        while turns and sum(len(t.content) for t in turns) > budget:
+            turns = turns[2:]
+        self.agent = agent.model_copy(update={"memory": turns, "tasks_done": agent.tasks_done + 1})

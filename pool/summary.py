@@ -1,0 +1,57 @@
+"""Figures of a finished run, from its results and events (pure)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == "succeeded"]
+    ran = [r for r in rows if r["status"] != "rejected"]
+    healed = {1: 0, 2: 0}
+    for r in ok:
+        if r["tiers"]:
+            healed[2 if max(r["tiers"]) >= 2 else 1] += 1
+    latencies = [r["elapsed_s"] for r in ran if r["attempts"]]
+    tokens = sum(r["tokens"] for r in rows)
+    activations, peak_residents, peak_used, limit, slots = [], 0, 0.0, 0.0, 0
+    for e in events:
+        if e.get("event") == "pool.activated":
+            activations.append(e["latency_s"])
+        elif e.get("event") == "pool.residency":
+            peak_residents = max(peak_residents, e["residents"])
+            peak_used = max(peak_used, e["used_mib"])
+            limit, slots = e["limit_mib"], e["slots"]
+    return {
+        "tasks": len(rows),
+        "succeeded": len(ok),
+        "healed_tier1": healed[1],
+        "healed_tier2": healed[2],
+        "failed": sum(r["status"] == "failed" for r in rows),
+        "rejected": sum(r["status"] == "rejected" for r in rows),
+        "success_rate": len(ok) / len(ran) if ran else 0.0,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "tokens": tokens,
+        "wall_s": wall_s,
+        "tokens_per_s": tokens / wall_s if wall_s else 0.0,
+        "tasks_per_s": len(ran) / wall_s if wall_s else 0.0,
+        "activations": len(activations),
+        "activation_p50_ms": 1000 * percentile(activations, 50),
+        "activation_p99_ms": 1000 * percentile(activations, 99),
+        "peak_residents_per_gpu": peak_residents,
+        "slots_per_gpu": slots,
+        "peak_ledger_mib": peak_used,
+        "ledger_limit_mib": limit,
+        "mean_attempts": statistics.fmean(r["attempts"] for r in ran) if ran else 0.0,
+    }

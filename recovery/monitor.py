@@ -1,0 +1,105 @@
+"""The HealthMonitor's state and logic, without Ray: score, decide, remember.
+
+For each outcome it fills in the peers' and the agent's own earlier answers to the same prompt
+(consistency), scores it, and asks the policy for a decision with the agent's supervision
+history, which it keeps. FAILED agents and dead-lettered tasks are kept with their reasons until
+a person releases them. The Ray actor in `pool/actors.py` only wraps this class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from agents.config import HealthConfig, RecoveryConfig
+from agents.events import EventSink
+from recovery.health import normalise, score
+from recovery.policy import decide
+from recovery.types import Action, Decision, HealthReport, History, Signals
+
+_PEERS_PER_PROMPT = 8
+_PROMPTS_KEPT = 20_000
+_REPORTS_PER_AGENT = 5
+
+
+def _key(prompt: str) -> str:
+    return hashlib.blake2b(prompt.encode(), digest_size=8).hexdigest()
+
+
+class Monitor:
+    def __init__(
+        self,
+        health: HealthConfig,
+        recovery: RecoveryConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.health = health
+        self.recovery = recovery
+        self.clock = clock
+        self.events = EventSink("health-monitor")
+        self.histories: dict[str, History] = {}
+        self.answers: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
+        self.reports: dict[str, deque[dict[str, Any]]] = {}
+        self.failed: dict[str, str] = {}
+        self.dead_letters: list[dict[str, Any]] = []
+
+    def assess(
+        self, agent_id: str, items: list[tuple[str, str, int, Signals]]
+    ) -> list[tuple[HealthReport, Decision]]:
+        return [self._assess_one(agent_id, *item) for item in items]
+
+    def _assess_one(
+        self, agent_id: str, task_id: str, prompt: str, attempt: int, signals: Signals
+    ) -> tuple[HealthReport, Decision]:
+        key = _key(prompt)
+        seen = self.answers.get(key, ())
+        peers = tuple(a for who, a in seen if who != agent_id)
+        own = tuple(a for who, a in seen if who == agent_id)
+        report = score(replace(signals, peers=peers, own_past=own), self.health)
+        history = self.histories.get(agent_id, History())
+        if attempt == 0:
+            history = history.for_new_task()
+        decision = decide(report, history, self.recovery, self.clock())
+        self.histories[agent_id] = decision.history
+        self._remember(agent_id, key, signals.text, decision)
+        self._record(agent_id, task_id, report, decision)
+        return report, decision
+
+    def _remember(self, agent_id: str, key: str, text: str, decision: Decision) -> None:
+        if decision.action is not Action.ACCEPT or not text:
+            return
+        seen = self.answers.setdefault(key, deque(maxlen=_PEERS_PER_PROMPT))
+        seen.append((agent_id, normalise(text)))
+        self.answers.move_to_end(key)
+        while len(self.answers) > _PROMPTS_KEPT:
+            self.answers.popitem(last=False)
+
+    def _record(self, agent_id: str, task_id: str, report: HealthReport, decision: Decision) -> None:
+        entry = {"task_id": task_id, "score": round(report.score, 4), "fault": report.fault.value,
+                 "action": decision.action.value, "tier": int(decision.tier), "ts": self.clock()}
+        self.reports.setdefault(agent_id, deque(maxlen=_REPORTS_PER_AGENT)).append(entry)
+        if decision.action in (Action.FAIL_TASK, Action.FAIL_AGENT):
+            self.dead_letters.append({"agent_id": agent_id, "reason": decision.reason, **entry})
+            self.events.emit("recovery.dead_lettered", agent_id=agent_id, task_id=task_id,
+                             reason=decision.reason)
+        if decision.action is Action.FAIL_AGENT:
+            self.failed[agent_id] = decision.reason
+            self.events.emit("agent.failed", agent_id=agent_id, reason=decision.reason)
+
+    def release(self, agent_id: str) -> bool:
+        """A person released the agent: forget its failure and its supervision history."""
+        self.histories.pop(agent_id, None)
+        return self.failed.pop(agent_id, None) is not None
+
+    def mark_failed(self, agent_id: str, reason: str) -> None:
+        self.failed[agent_id] = reason
+        self.events.emit("agent.failed", agent_id=agent_id, reason=reason)
+
+    def inspect(self, agent_id: str) -> dict[str, Any]:
+        history = self.histories.get(agent_id, History())
+        return {"failed": self.failed.get(agent_id), "restarts": len(history.restarts),
+                "floor": int(history.floor), "reports": list(self.reports.get(agent_id, ()))}
