@@ -49,6 +49,7 @@ class EventSink:
         self._buffer.extend(records)
 
     def drain(self) -> list[dict[str, Any]]:
-        out = list(self._buffer)
-        self._buffer.clear()
+        out = []
+        while self._buffer:  # popleft is atomic: nothing appended meanwhile is lost
+            out.append(self._buffer.popleft())
         return out

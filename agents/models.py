@@ -58,6 +58,9 @@ class Task(Frozen):
     expected: str | None = Field(None, description="Expected answer, when one is known.")
     priority: int = Field(5, ge=0, le=9, description="0 lowest, 9 highest.")
     deadline_s: float = Field(30.0, gt=0, le=3600, description="Seconds allowed for the task.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=4096, description="Token limit of the answer; default: the agent's."
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

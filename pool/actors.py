@@ -51,19 +51,19 @@ class HostActor:
                 "agent": self.rt.agent.spec.agent_id if self.rt.agent else None}
 
     def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
-        return self.rt.bind(agent_id, blob, epoch)
+        return {**self.rt.bind(agent_id, blob, epoch), "events": self.rt.events.drain()}
 
-    def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
-        return self.rt.run(tasks, headroom)
+    def run(
+        self, tasks: list[tuple[Task, Carry | None]], headroom: float
+    ) -> tuple[list[Outcome], list[dict[str, Any]]]:
+        """Outcomes, and the events of the run (they ride back with the results)."""
+        return self.rt.run(tasks, headroom), self.rt.events.drain()
 
     def park(self) -> bytes:
         return self.rt.park()
 
     def release(self) -> None:
         self.rt.release()
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        return self.rt.events.drain()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)

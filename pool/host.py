@@ -167,7 +167,8 @@ class HostRuntime:
             self.agent = agent.model_copy(update={"kv_state": blob})
 
     def _params(self, task: Task) -> GenerationParams:
-        return self._require().spec.generation
+        params = self._require().spec.generation
+        return params.model_copy(update={"max_tokens": task.max_tokens}) if task.max_tokens else params
 
     def _execute(self, run: _Run) -> None:
         agent = self._require()
@@ -176,7 +177,8 @@ class HostRuntime:
         c = run.carry
         req = GenRequest(
             agent_id=agent.spec.agent_id, task_id=run.task.task_id,
-            system_prompt=agent.spec.system_prompt, prompt=run.task.prompt, params=c.params,
+            system_prompt=agent.spec.system_prompt, prompt=run.task.prompt,
+            params=c.params.model_copy(update={"seed": c.params.seed + c.attempt}),  # a fresh sample
             memory=agent.memory, kind=run.task.kind, json_schema=run.task.json_schema,
             labels=run.task.labels, expected=run.task.expected, constrain=c.constrain,
             attempt=c.attempt, memory_compressed=c.memory_compressed, host_changed=c.host_changed,

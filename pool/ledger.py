@@ -52,11 +52,13 @@ class TaskLedger:
 
     def append(self, results: Iterable[TaskResult]) -> list[TaskResult]:
         """Commit the results not yet recorded; returns those that were new."""
-        new = [r for r in results if r.task_id not in self.records]
+        new = []
+        for r in results:
+            if r.task_id not in self.records:
+                self.records[r.task_id] = r
+                new.append(r)
         if not new:
             return []
-        for r in new:
-            self.records[r.task_id] = r
         self._fh.write(b"".join(r.model_dump_json().encode() + b"\n" for r in new))
         self._fh.flush()
         os.fsync(self._fh.fileno())

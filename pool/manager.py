@@ -11,17 +11,18 @@ outcomes back: terminal results, migrations, lost Hosts, failed agents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agents.config import Settings
-from agents.errors import UsageError
+from agents.errors import StaleEpoch, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord, AgentSpec, Task, TaskResult, TaskStatus
 from agents.state import AgentState
@@ -227,6 +228,7 @@ class PoolManager:
         finally:
             slot.busy = False
         entry.last_used = time.monotonic()
+        self.events.extend(info["events"])
         self.registry.set_state(agent_id, AgentState(info["state"]))
         self.events.emit("pool.activated", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
                          epoch=entry.epoch, latency_s=round(time.perf_counter() - started, 6),
@@ -262,11 +264,15 @@ class PoolManager:
 
     async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
         try:
-            outcomes: list[Outcome] = await ref
+            outcomes, events = await ref
+            self.events.extend(events)
         except RayActorError:
             self._host_lost(slot, batch)
         except RayError as exc:
-            self._agent_failed(slot, agent_id, f"host error: {_cause(exc)}", batch)
+            if isinstance(getattr(exc, "cause", None), StaleEpoch):  # a zombie: the agent lives on elsewhere
+                self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id)
+            else:
+                self._agent_failed(slot, agent_id, f"host error: {_cause(exc)}", batch)
         else:
             self._fold(slot, agent_id, outcomes)
         finally:
@@ -274,6 +280,7 @@ class PoolManager:
             self._wake.set()
 
     def _fold(self, slot: Slot, agent_id: str, outcomes: list[Outcome]) -> None:
+        """Fold a batch's outcomes: results, a failed agent, tasks to migrate."""
         entry = self.registry.get(agent_id)
         entry.last_used = time.monotonic()
         migrate = [o for o in outcomes if o.result is None]
@@ -343,13 +350,9 @@ class PoolManager:
     async def drain(self) -> dict[str, Any]:
         results, self.results = self.results, []
         events = self.events.drain()
-        sources = [s.handle.drain_events.remote() for s in self.slots]
-        sources.append(self.monitor.drain_events.remote())
-        for ref in sources:
-            try:
-                events.extend(await asyncio.wait_for(ref, timeout=5))
-            except (TimeoutError, RayError, GetTimeoutError):
-                continue
+        # a restarting monitor's events come with the next drain
+        with contextlib.suppress(RayError, TimeoutError):
+            events.extend(await asyncio.wait_for(self.monitor.drain_events.remote(), timeout=5))
         return {"results": results, "events": events, "queued": self._queued()}
 
     def _queued(self) -> int:

@@ -206,12 +206,30 @@ def _answer_completeness(text: str, expected: str) -> float:
     return 1.0 if f" {normalise(expected)} " in f" {normalise(text)} " else 0.0
 
 
+def _matches_expected(text: str, expected: str) -> float:
+    """Share of the expected JSON object's fields that the answer got right (normalised)."""
+    want, got = extract_json(expected), extract_json(text)
+    if not isinstance(want, dict) or not want:
+        return 1.0  # no usable expectation: the schema is the whole contract
+    if not isinstance(got, dict):
+        return 0.0
+    right = sum(normalise(str(got.get(k))) == normalise(str(v)) for k, v in want.items())
+    return right / len(want)
+
+
 def _contract(signals: Signals) -> float:
     text = signals.text
     if signals.kind is TaskKind.JSON:
-        return _json_completeness(text, signals.json_schema)
+        value = _json_completeness(text, signals.json_schema)
+        if value == 1.0 and signals.expected is not None:
+            share = _matches_expected(text, signals.expected)
+            return 1.0 if share == 1.0 else _INVALID_JSON_CREDIT * share
+        return value
     if signals.kind is TaskKind.LABEL and signals.labels:
-        return _label_completeness(text, signals.labels)
+        value = _label_completeness(text, signals.labels)
+        if value and signals.expected is not None and not _names(signals.expected, text):
+            return 0.0  # a label from the set, but not the right one
+        return value
     if signals.kind is TaskKind.ANSWER and signals.expected is not None:
         return _answer_completeness(text, signals.expected)
     return 1.0 if text.strip() else 0.0

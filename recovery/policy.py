@@ -2,14 +2,16 @@
 
 Theory of operation. A report without a fault is accepted and changes nothing. Every other
 decision is one recovery attempt: it counts against the task (`attempts`, capped by
-`max_attempts`, after which the task is dead-lettered) and against the agent (`restarts`, the
-times of attempts inside the sliding supervision window). In TIERED mode each fault class maps to
+`max_attempts`, after which the task is dead-lettered). Tier-2 actions (compress, migrate)
+restart the agent's context and also count against the agent (`restarts`, their times inside the
+sliding supervision window); tier-1 retries do not, since re-sampling a bad answer says nothing
+about the agent's own health. In TIERED mode each fault class maps to
 a base tier: tier 1 retries on the same Host with re-tuned sampling, tier 2 compresses the
 agent's memory or migrates it, PERMANENT fails the task at once. A task that has already used
 tier 1 twice moves up to tier 2 (COMPRESS first, then MIGRATE). Supervision follows Erlang/OTP:
-each attempt that finds more than `intensity` restarts inside the last `period_s` seconds raises
-the agent's floor by one tier, and no decision goes below the floor; a floor of SEVERE fails the
-agent itself. Backoff grows exponentially with the attempt number, with jitter drawn from a
+a restart that makes more than `intensity` restarts inside the last `period_s` seconds raises
+the agent's floor by one tier for the decisions after it, and no decision goes below the floor;
+a floor of SEVERE fails the agent itself. A window without restarts resets the floor. Backoff grows exponentially with the attempt number, with jitter drawn from a
 `random.Random` seeded by the config and the history, so the same inputs give the same delay.
 NONE and NAIVE modes are the baselines the benchmarks compare against. Pure: the clock is `now`.
 """
@@ -68,12 +70,15 @@ def apply_retune(params: GenerationParams, retune: Retune) -> GenerationParams:
 
 
 def _record(history: History, cfg: RecoveryConfig, now: float) -> History:
-    """One more attempt: count it and slide the supervision window."""
+    """One more attempt: count it and slide the supervision window (a quiet window resets the floor)."""
     window = tuple(t for t in history.restarts if t >= now - cfg.period_s)
-    return replace(history, attempts=history.attempts + 1, restarts=(*window, now))
+    floor = history.floor if window else Tier.NONE
+    return replace(history, attempts=history.attempts + 1, restarts=window, floor=floor)
 
 
-def _supervise(history: History, cfg: RecoveryConfig) -> History:
+def _restart(history: History, cfg: RecoveryConfig, now: float) -> History:
+    """A tier-2 restart of the agent's context; past `intensity` in the window, escalate."""
+    history = replace(history, restarts=(*history.restarts, now))
     if len(history.restarts) <= cfg.intensity:
         return history
     return replace(history, floor=Tier(min(Tier.SEVERE, history.floor + 1)))
@@ -149,9 +154,9 @@ def decide(report: HealthReport, history: History, cfg: RecoveryConfig, now: flo
         why = "healthy" if report.healthy else f"accepted below the healthy bar: {report.reason}"
         return Decision(Action.ACCEPT, Tier.NONE, history, why)
     after = _record(history, cfg, now)
-    if cfg.mode is RecoveryMode.TIERED:
-        after = _supervise(after, cfg)
     action, tier, retune = _choose(report, history, after, cfg)
+    if action in (Action.COMPRESS, Action.MIGRATE):
+        after = _restart(after, cfg, now)
     after = replace(after, tiers_used=(*after.tiers_used, int(tier)))
     delay = _backoff(after, cfg) if action in _RETRYING else 0.0
     reason = _explain(report, action, history, after)

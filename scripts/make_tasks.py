@@ -21,6 +21,8 @@ from agents.models import AgentSpec, GenerationParams, Task, TaskKind
 
 MIX = {TaskKind.JSON: 0.30, TaskKind.LABEL: 0.30, TaskKind.ANSWER: 0.25, TaskKind.FREE: 0.15}
 DEADLINE_S = {TaskKind.JSON: 20.0, TaskKind.LABEL: 10.0, TaskKind.ANSWER: 10.0, TaskKind.FREE: 30.0}
+# Answer sizes: a label or a short answer needs a few tokens; a cut-off answer is healed (tier 1).
+MAX_TOKENS = {TaskKind.JSON: 64, TaskKind.LABEL: 8, TaskKind.ANSWER: 16, TaskKind.FREE: 48}
 
 FIRST = ["Maria", "John", "Aisha", "Kenji", "Lena", "Omar", "Sofia", "Peter", "Chen", "Nadia"]
 LAST = ["Lopez", "Smith", "Khan", "Tanaka", "Fischer", "Haddad", "Rossi", "Novak", "Wang", "Silva"]
@@ -236,6 +238,7 @@ def make_tasks(n: int, agents: list[AgentSpec], rng: random.Random) -> list[Task
             "kind": kind.value,
             "priority": rng.randint(0, 9),
             "deadline_s": DEADLINE_S[kind],
+            "max_tokens": MAX_TOKENS[kind],
             **draft,
         }
         tasks.append(Task.model_validate(line))

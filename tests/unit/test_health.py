@@ -329,3 +329,32 @@ def test_report_is_bounded_and_consistent(
 
 def test_ray_is_not_imported() -> None:
     assert "ray" not in sys.modules
+
+
+def test_json_with_expected_values_must_match_them() -> None:
+    from agents.models import TaskKind
+    from recovery.health import completeness
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    expected = '{"name": "Kenji Haddad", "age": 19}'
+
+    def sig(text: str) -> Signals:
+        return Signals(text=text, finish_reason="stop", kind=TaskKind.JSON, elapsed_s=0.1, deadline_s=10,
+                       memory_headroom=0.5, json_schema=schema, expected=expected)
+
+    assert completeness(sig('{"name": "kenji haddad", "age": 19}')) == 1.0
+    half = completeness(sig('{"name": "Kenji Haddad", "age": 20}'))
+    assert 0 < half < 0.5  # valid against the schema, half right: a contract fault
+
+
+def test_label_with_expected_must_be_the_right_label() -> None:
+    from agents.models import TaskKind
+    from recovery.health import completeness
+
+    def sig(text: str) -> Signals:
+        return Signals(text=text, finish_reason="stop", kind=TaskKind.LABEL, elapsed_s=0.1, deadline_s=10,
+                       memory_headroom=0.5, labels=("positive", "negative"), expected="negative")
+
+    assert completeness(sig("negative")) == 1.0
+    assert completeness(sig("positive")) == 0.0

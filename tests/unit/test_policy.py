@@ -145,11 +145,13 @@ def test_mode_naive_retries_unchanged_until_the_cap(fault: FaultClass) -> None:
 # --- supervision -------------------------------------------------------------------------
 
 
-def tasks_until_fail(config: RecoveryConfig, gap_s: float) -> list[Decision]:
-    """One CONTRACT fault per new task, `gap_s` apart, until the agent fails (or 20 tasks)."""
+def tasks_until_fail(
+    config: RecoveryConfig, gap_s: float, fault: FaultClass = FaultClass.OOM
+) -> list[Decision]:
+    """One `fault` per new task, `gap_s` apart, until the agent fails (or 20 tasks)."""
     history, out, now = History(), [], 0.0
     for _ in range(20):
-        decision = decide(report(FaultClass.CONTRACT), history.for_new_task(), config, now)
+        decision = decide(report(fault), history.for_new_task(), config, now)
         out.append(decision)
         if decision.action is Action.FAIL_AGENT:
             break
@@ -160,28 +162,47 @@ def tasks_until_fail(config: RecoveryConfig, gap_s: float) -> list[Decision]:
 def test_restart_storm_escalates_to_fail_agent() -> None:
     decisions = tasks_until_fail(cfg(intensity=2, period_s=10.0), gap_s=1.0)
     floors = [d.history.floor for d in decisions]
-    assert floors == [Tier.NONE, Tier.NONE, Tier.MINOR, Tier.RESOURCES, Tier.SEVERE]
-    assert decisions[3].action is Action.COMPRESS  # floor forces tier 2 on a tier-1 fault
-    assert decisions[3].retune == Retune(temperature=0.0, constrain=True, drop_kv=True)
+    assert floors == [Tier.NONE, Tier.NONE, Tier.MINOR, Tier.RESOURCES, Tier.SEVERE, Tier.SEVERE]
+    assert all(d.action is Action.COMPRESS for d in decisions[:-1])
     assert (decisions[-1].action, decisions[-1].tier) == (Action.FAIL_AGENT, Tier.SEVERE)
-    assert "floor raised" in decisions[-1].reason
+    assert "floor raised to tier 3" in decisions[-2].reason
+
+
+def test_tier_one_retries_never_escalate_the_agent() -> None:
+    decisions = tasks_until_fail(cfg(intensity=2, period_s=10.0), gap_s=0.1, fault=FaultClass.CONTRACT)
+    assert len(decisions) == 20
+    assert all(d.action is Action.RETRY and not d.history.restarts for d in decisions)
+
+
+def test_a_raised_floor_forces_tier_two_on_a_tier_one_fault() -> None:
+    history = History(floor=Tier.RESOURCES, restarts=(0.0,))
+    decision = decide(report(FaultClass.CONTRACT), history, cfg(), now=1.0)
+    assert decision.action is Action.COMPRESS
+    assert decision.retune == Retune(temperature=0.0, constrain=True, drop_kv=True)
+
+
+def test_a_quiet_window_resets_the_floor() -> None:
+    history = History(floor=Tier.RESOURCES, restarts=(0.0,))
+    decision = decide(report(FaultClass.CONTRACT), history, cfg(period_s=10.0), now=100.0)
+    assert decision.action is Action.RETRY and decision.history.floor is Tier.NONE
 
 
 def test_restarts_outside_the_window_do_not_count() -> None:
     decisions = tasks_until_fail(cfg(intensity=2, period_s=10.0), gap_s=6.0)
     assert len(decisions) == 20
-    assert all(d.action is Action.RETRY and d.history.floor is Tier.NONE for d in decisions)
+    assert all(d.action is Action.COMPRESS and d.history.floor is Tier.NONE for d in decisions)
     assert all(len(d.history.restarts) <= 2 for d in decisions)
 
 
 def test_decisions_never_go_below_the_floor() -> None:
-    history = History(floor=Tier.RESOURCES)
+    history = History(floor=Tier.RESOURCES, restarts=(0.0,))
     for fault in MINOR_FAULTS:
         assert decide(report(fault), history, cfg(), now=0.0).tier >= Tier.RESOURCES
 
 
 def test_severe_floor_fails_the_agent() -> None:
-    decision = decide(report(FaultClass.TIMEOUT), History(floor=Tier.SEVERE), cfg(), now=0.0)
+    history = History(floor=Tier.SEVERE, restarts=(0.0,))
+    decision = decide(report(FaultClass.TIMEOUT), history, cfg(), now=0.0)
     assert decision.action is Action.FAIL_AGENT
 
 

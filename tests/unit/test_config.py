@@ -1,0 +1,60 @@
+"""Config and input models: bad values give one line naming the field."""
+
+from pathlib import Path
+
+import pytest
+
+from agents.config import RecoveryMode, load_settings
+from agents.errors import UsageError
+from agents.models import Task
+
+
+def test_defaults_match_the_design() -> None:
+    s = load_settings()
+    assert (s.pool.budget_mib, s.pool.watermark, s.pool.slots_per_gpu) == (8192, 0.85, 12)
+    assert s.health.weights.as_dict() == {
+        "coherence": 0.25, "completeness": 0.20, "latency": 0.15, "memory": 0.25, "consistency": 0.15,
+    }
+
+
+def test_yaml_and_toml_files_and_overrides(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("pool:\n  slots_per_gpu: 4\nrecovery:\n  mode: naive\n")
+    t = tmp_path / "c.toml"
+    t.write_text("[pool]\nslots_per_gpu = 6\n")
+    assert load_settings(y).recovery.mode is RecoveryMode.NAIVE
+    assert load_settings(t).pool.slots_per_gpu == 6
+    assert load_settings(y, {"pool": {"slots_per_gpu": 3}}).pool.slots_per_gpu == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("pool:\n  slots: 4\n", "pool.slots: Extra inputs are not permitted"),
+        ("health:\n  weights:\n    coherence: 0.9\n", "health.weights: health weights must sum to 1"),
+        ("pool:\n  watermark: 2\n", "pool.watermark"),
+        ("pool: [1, 2\n", "not valid yaml"),
+        ("- 1\n", "top level must be a mapping"),
+        ("pool:\n  budget_mib: 100\n", "exceeds budget_mib x watermark"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_field(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_settings(path)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="No such file"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_task_contract_follows_kind() -> None:
+    with pytest.raises(ValueError, match="kind=json needs a schema"):
+        Task(task_id="t", agent_id="a", prompt="p", kind="json")
+    task = Task.model_validate({"task_id": "t", "agent_id": "a", "prompt": "p", "kind": "json",
+                                "schema": {"type": "object"}})
+    assert task.json_schema == {"type": "object"}

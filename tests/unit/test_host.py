@@ -1,0 +1,104 @@
+"""The Host loop without Ray: scripted engine, real checkpoint store, the monitor's logic."""
+
+from pathlib import Path
+
+import pytest
+
+from agents import codec
+from agents.config import EngineConfig, FaultRates, Settings, load_settings
+from agents.engines.scripted import ScriptedEngine, fault_of
+from agents.errors import StaleEpoch
+from agents.models import AgentRecord, AgentSpec, Task, TaskStatus
+from agents.state import AgentState
+from pool.checkpoint import CheckpointStore
+from pool.host import HostRuntime
+from recovery.monitor import Monitor
+
+ONLY = {"garbage": 0.0, "truncation": 0.0, "timeout": 0.0, "oom": 0.0, "crash": 0.0, "permanent": 0.0}
+
+
+def _host(tmp_path: Path, fault: str | None, mode: str = "tiered") -> tuple[HostRuntime, CheckpointStore]:
+    rates = dict(ONLY)
+    if fault:
+        rates[fault] = 1.0
+    settings = load_settings(overrides={"engine": {"kind": "scripted", "faults": rates},
+                                        "recovery": {"mode": mode, "backoff_base_s": 0.0}})
+    store = CheckpointStore(tmp_path)
+    store.write(AgentRecord(spec=AgentSpec(agent_id="a1")), epoch=0)
+    monitor = Monitor(settings.health, settings.recovery, clock=lambda: 0.0)
+    host = HostRuntime("h0", settings, ScriptedEngine(settings.engine), store, monitor.assess,
+                       sleep=lambda s: None)
+    host.bind("a1", None, epoch=1)
+    return host, store
+
+
+def _tasks(n: int) -> list:
+    return [(Task(task_id=f"t{i}", agent_id="a1", prompt=f"What is {i}+1?", kind="answer",
+                  expected=str(i + 1)), None) for i in range(n)]
+
+
+def test_healthy_batch_commits_memory_before_returning(tmp_path: Path) -> None:
+    host, store = _host(tmp_path, None)
+    outcomes = host.run(_tasks(3), headroom=0.5)
+    assert [o.result.status for o in outcomes] == [TaskStatus.SUCCEEDED] * 3
+    record, entry = store.read("a1")
+    assert record.tasks_done == 3 and len(record.memory) == 6 and entry.epoch == 1
+    assert host.agent is not None and host.agent.state is AgentState.IDLE
+
+
+@pytest.mark.parametrize(("fault", "tier"), [("garbage", 1), ("truncation", 1), ("timeout", 1), ("oom", 2)])
+def test_tiered_recovery_heals_each_fault(tmp_path: Path, fault: str, tier: int) -> None:
+    host, _ = _host(tmp_path, fault)
+    (outcome,) = host.run(_tasks(1), headroom=0.5)
+    assert outcome.result.status is TaskStatus.SUCCEEDED, outcome.result.error
+    assert outcome.result.attempts >= 2 and max(outcome.result.tiers) == tier
+
+
+def test_crash_asks_for_migration(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, "crash")
+    outcomes = host.run(_tasks(1), headroom=0.5)
+    migrate = [o for o in outcomes if o.result is None]
+    if migrate:  # a retry may clear the crash before the policy escalates
+        assert migrate[0].carry is not None and migrate[0].carry.host_changed
+    else:
+        assert outcomes[0].result.status is TaskStatus.SUCCEEDED
+
+
+def test_permanent_fault_fails_the_task_not_the_agent(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, "permanent")
+    (outcome,) = host.run(_tasks(1), headroom=0.5)
+    assert outcome.result.status is TaskStatus.FAILED
+    assert outcome.result.attempts == load_settings().recovery.max_attempts
+    assert outcome.result.truth == "permanent"
+    assert host.agent.state is not AgentState.FAILED
+
+
+def test_no_recovery_fails_at_first_fault(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, "garbage", mode="none")
+    (outcome,) = host.run(_tasks(1), headroom=0.5)
+    assert outcome.result.status is TaskStatus.FAILED and outcome.result.attempts == 1
+
+
+def test_zombie_host_cannot_overwrite_a_newer_checkpoint(tmp_path: Path) -> None:
+    zombie, store = _host(tmp_path, None)  # bound with epoch 1
+    store.write(store.read("a1")[0], epoch=2)  # the agent moved on elsewhere
+    with pytest.raises(StaleEpoch):
+        zombie.run(_tasks(1), headroom=0.5)
+    assert store.latest("a1").epoch == 2
+
+
+def test_park_returns_the_committed_bytes(tmp_path: Path) -> None:
+    host, store = _host(tmp_path, None)
+    host.run(_tasks(1), headroom=0.5)
+    blob = host.park()
+    assert codec.decode(blob).state is AgentState.DORMANT
+    assert store.read_bytes("a1")[0] == blob and host.agent is None
+
+
+def test_scripted_faults_are_seeded_and_match_rates() -> None:
+    rates = FaultRates().model_dump()
+    draws = [fault_of(0, f"t{i}", rates) for i in range(20_000)]
+    assert draws == [fault_of(0, f"t{i}", rates) for i in range(20_000)]
+    assert abs(draws.count("garbage") / len(draws) - 0.08) < 0.01
+    assert abs(draws.count("none") / len(draws) - 0.77) < 0.015
+    assert Settings().engine.kind.value == "llama_cpp" and EngineConfig().faults == FaultRates()
