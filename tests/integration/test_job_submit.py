@@ -1,0 +1,118 @@
+"""`ray job submit` against a real `ray start --head`, and a driver killed with SIGKILL halfway.
+
+The head runs in its own process group with its own HOME, token and free ports, so the test
+neither depends on what earlier runs left in ~/.ray nor touches any other Ray on the machine.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pool.synthetic import synthetic_tasks, write_tasks
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("head")
+    (root / "home").mkdir()
+    gcs, dash, *agent_ports = _free_ports(6)
+    env = {**os.environ, "HOME": str(root / "home"), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "PATH": f"{BIN}:{os.environ['PATH']}",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+           f"--dashboard-agent-listen-port={agent_ports[0]}", f"--dashboard-agent-grpc-port={agent_ports[1]}",
+           f"--metrics-export-port={agent_ports[2]}", f"--runtime-env-agent-port={agent_ports[3]}",
+           "--num-gpus=1", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={root / 'rt'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}", "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _submit(env: dict[str, str], args: list[str], deadline_s: float = 240) -> subprocess.CompletedProcess[str]:
+    """Submit and wait; the dashboard and job agent need some seconds after the head starts."""
+    job_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    stop = time.monotonic() + deadline_s
+    while True:
+        done = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--", "python", *args],
+            env=job_env, capture_output=True, text=True, timeout=deadline_s)
+        text = done.stderr + done.stdout
+        not_ready = "No available agent" in text or "Failed to connect to Ray" in text
+        if not not_ready or time.monotonic() > stop:
+            return done
+        time.sleep(2)
+
+
+def test_ray_job_submit_runs_the_batch(head: dict[str, str], tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(60, agents=20, seed=5))
+    out = tmp_path / "out"
+    done = _submit(head, ["scripts/run_batch.py", "--engine", "scripted", "--tasks", str(tasks),
+                          "--agents", "20", "--out", str(out), "--no-progress"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted(r["task_id"] for r in rows) == sorted(f"t{i:06d}" for i in range(60))
+
+
+def test_driver_killed_halfway_then_rerun_loses_and_duplicates_nothing(
+    head: dict[str, str], tmp_path: Path
+) -> None:
+    n = 400
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(n, agents=200, seed=9))
+    config = tmp_path / "slow.yaml"
+    config.write_text("engine:\n  step_cost_s: 0.01\npool:\n  batch_per_agent: 2\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "scripts/run_batch.py"), "--engine", "scripted", "--tasks", str(tasks),
+           "--agents", "200", "--config", str(config), "--out", str(out), "--no-progress"]
+    driver = subprocess.Popen(cmd, env=head, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = out / "ledger.jsonl"
+    stop = time.monotonic() + 180
+    while time.monotonic() < stop and (not ledger.exists() or _lines(ledger) < n // 4):
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    committed = _lines(ledger)
+    assert n // 4 <= committed < n, committed
+
+    rerun = subprocess.run(cmd, env=head, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{n - committed} to run" in rerun.stderr.replace("\n", " ")
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    ids = [r["task_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == n, "no task lost, none duplicated"
+    records = [json.loads(line)["task_id"] for line in ledger.read_text().splitlines()]
+    assert len(records) == len(set(records)) == n
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n")
