@@ -44,7 +44,7 @@ class Carry:
     host_changed: bool = False
     tokens: int = 0
     truth: str = ""
-    started: float = 0.0
+    started: float = 0.0  # clock() at the first execution; 0 before
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ class HostRuntime:
     # -- EXECUTE -> MONITOR -> RECOVER -----------------------------------------------------
     def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
         agent = self._require()
-        runs = [_Run(t, c or Carry(params=self._params(t), started=self.clock())) for t, c in tasks]
+        runs = [_Run(t, c or Carry(params=self._params(t))) for t, c in tasks]
         done: list[Outcome] = []
         while runs:
             for run in runs:
@@ -175,6 +175,8 @@ class HostRuntime:
         if agent.state is not AgentState.RUNNING:
             self._move(Event.START)
         c = run.carry
+        if not c.started:  # latency counts from the task's first execution
+            c = run.carry = replace(c, started=self.clock())
         req = GenRequest(
             agent_id=agent.spec.agent_id, task_id=run.task.task_id,
             system_prompt=agent.spec.system_prompt, prompt=run.task.prompt,

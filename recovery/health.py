@@ -3,13 +3,14 @@
 Theory of operation. Five components, each a pure function returning a float in [0, 1], are
 weighted by `HealthConfig.weights` into one score. Coherence looks only at the text (is it
 degenerate?); completeness checks the task's contract (schema, label, expected answer, not cut
-off); latency and memory read the step's elapsed time and the VRAM headroom; consistency compares
-the answer with peers' and the agent's own earlier answers. The fault class is then picked by
-fixed rules, first match wins: an engine exception names its own fault, otherwise a cut-off
-answer that misses its contract is TRUNCATED, a degenerate one GARBAGE, one that misses its
-contract CONTRACT, a late one TIMEOUT, one that left no memory OOM. Floors on coherence and
-completeness make a fault out of a bad component whatever the weighted score says. No I/O, no
-clock: time arrives as numbers inside `Signals`.
+off); latency and memory read the step's elapsed time and the VRAM headroom; consistency
+compares the answer with peers' and the agent's own earlier answers. The fault class is then
+picked by fixed rules, first match wins: an engine exception names its own fault, otherwise a
+cut-off answer that misses its contract is TRUNCATED, a degenerate one GARBAGE, one that misses
+its contract CONTRACT, one that left no memory OOM. A late but good answer is not a fault: its
+latency component lowers the score (DEGRADED); only an engine that gave up raises TIMEOUT.
+Floors on coherence and completeness make a fault out of a bad component whatever the weighted
+score says. No I/O, no clock: time arrives as numbers inside `Signals`.
 """
 
 from __future__ import annotations
@@ -292,8 +293,6 @@ def _classify(signals: Signals, parts: dict[str, float], cfg: HealthConfig) -> F
         return FaultClass.GARBAGE
     if parts["completeness"] < cfg.contract_floor:
         return FaultClass.CONTRACT
-    if signals.elapsed_s > signals.deadline_s:
-        return FaultClass.TIMEOUT
     if signals.memory_headroom <= 0:
         return FaultClass.OOM
     return FaultClass.NONE

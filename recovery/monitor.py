@@ -24,6 +24,7 @@ from recovery.types import Action, Decision, HealthReport, History, Signals
 _PEERS_PER_PROMPT = 8
 _PROMPTS_KEPT = 20_000
 _REPORTS_PER_AGENT = 5
+_RETRYING = frozenset({Action.RETRY, Action.COMPRESS, Action.MIGRATE})
 
 
 def _key(prompt: str) -> str:
@@ -42,6 +43,7 @@ class Monitor:
         self.clock = clock
         self.events = EventSink("health-monitor")
         self.histories: dict[str, History] = {}
+        self.tasks: dict[tuple[str, str], History] = {}  # open tasks' attempts, until terminal
         self.answers: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
         self.reports: dict[str, deque[dict[str, Any]]] = {}
         self.failed: dict[str, str] = {}
@@ -60,11 +62,15 @@ class Monitor:
         peers = tuple(a for who, a in seen if who != agent_id)
         own = tuple(a for who, a in seen if who == agent_id)
         report = score(replace(signals, peers=peers, own_past=own), self.health)
-        history = self.histories.get(agent_id, History())
-        if attempt == 0:
-            history = history.for_new_task()
+        # restarts and floor belong to the agent; attempts and tiers to the task (tasks of one
+        # agent are assessed interleaved in a batch)
+        agent = self.histories.get(agent_id, History())
+        task = self.tasks.pop((agent_id, task_id), History()) if attempt else History()
+        history = replace(agent, attempts=task.attempts, tiers_used=task.tiers_used)
         decision = decide(report, history, self.recovery, self.clock())
-        self.histories[agent_id] = decision.history
+        self.histories[agent_id] = decision.history.for_new_task()
+        if decision.action in _RETRYING:
+            self.tasks[(agent_id, task_id)] = decision.history
         self._remember(agent_id, key, signals.text, decision)
         self._record(agent_id, task_id, report, decision)
         return report, decision

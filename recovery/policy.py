@@ -5,15 +5,16 @@ decision is one recovery attempt: it counts against the task (`attempts`, capped
 `max_attempts`, after which the task is dead-lettered). Tier-2 actions (compress, migrate)
 restart the agent's context and also count against the agent (`restarts`, their times inside the
 sliding supervision window); tier-1 retries do not, since re-sampling a bad answer says nothing
-about the agent's own health. In TIERED mode each fault class maps to
-a base tier: tier 1 retries on the same Host with re-tuned sampling, tier 2 compresses the
-agent's memory or migrates it, PERMANENT fails the task at once. A task that has already used
-tier 1 twice moves up to tier 2 (COMPRESS first, then MIGRATE). Supervision follows Erlang/OTP:
-a restart that makes more than `intensity` restarts inside the last `period_s` seconds raises
-the agent's floor by one tier for the decisions after it, and no decision goes below the floor;
-a floor of SEVERE fails the agent itself. A window without restarts resets the floor. Backoff grows exponentially with the attempt number, with jitter drawn from a
-`random.Random` seeded by the config and the history, so the same inputs give the same delay.
-NONE and NAIVE modes are the baselines the benchmarks compare against. Pure: the clock is `now`.
+about the agent's own health. In TIERED mode each fault class maps to a base tier: tier 1
+retries on the same Host with re-tuned sampling, tier 2 compresses the agent's memory or
+migrates it, PERMANENT fails the task at once. A task that has already used tier 1 twice moves
+up to tier 2 (COMPRESS first, then MIGRATE). Supervision follows Erlang/OTP: a restart that
+makes more than `intensity` restarts inside the last `period_s` seconds raises the agent's floor
+by one tier for the decisions after it, and no decision goes below the floor; a floor of SEVERE
+fails the agent itself. A window without restarts resets the floor. Backoff grows exponentially
+with the attempt number, with jitter drawn from a `random.Random` seeded by the config and the
+history, so the same inputs give the same delay. NONE and NAIVE modes are the baselines the
+benchmarks compare against. Pure: the clock is `now`.
 """
 
 from __future__ import annotations

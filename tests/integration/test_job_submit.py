@@ -48,16 +48,19 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
            f"--dashboard-agent-listen-port={agent_ports[0]}", f"--dashboard-agent-grpc-port={agent_ports[1]}",
            f"--metrics-export-port={agent_ports[2]}", f"--runtime-env-agent-port={agent_ports[3]}",
            "--num-gpus=1", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={root / 'rt'}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log = open(root / "head.log", "w")  # noqa: SIM115 - open for the head's whole life
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}", "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log.close()
 
 
-def _submit(env: dict[str, str], args: list[str], deadline_s: float = 240) -> subprocess.CompletedProcess[str]:
+def _submit(
+    env: dict[str, str], args: list[str], deadline_s: float = 240
+) -> subprocess.CompletedProcess[str]:
     """Submit and wait; the dashboard and job agent need some seconds after the head starts."""
     job_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
     stop = time.monotonic() + deadline_s

@@ -264,7 +264,8 @@ def test_weighted_sum_of_components() -> None:
         (sig(LOOP), FaultClass.GARBAGE),
         (json_sig('{"name": "Ada"}'), FaultClass.CONTRACT),
         (label_sig("mixed"), FaultClass.CONTRACT),
-        (sig("Paris", elapsed_s=31.0), FaultClass.TIMEOUT),
+        (sig("Paris", elapsed_s=31.0), FaultClass.NONE),  # late, not wrong: DEGRADED by its score
+        (sig("Paris", fault=FaultClass.TIMEOUT), FaultClass.TIMEOUT),
         (sig("Paris", memory_headroom=0.0), FaultClass.OOM),
         (sig("Paris", memory_headroom=-0.2), FaultClass.OOM),
         (sig("Paris"), FaultClass.NONE),

@@ -4,7 +4,15 @@ import itertools
 
 import pytest
 
-from agents.state import RESIDENT, TRANSITIONS, AgentState, Event, IllegalTransition, next_state, table_markdown
+from agents.state import (
+    RESIDENT,
+    TRANSITIONS,
+    AgentState,
+    Event,
+    IllegalTransition,
+    next_state,
+    table_markdown,
+)
 
 
 @pytest.mark.parametrize(("state", "event"), list(itertools.product(AgentState, Event)))
