@@ -133,6 +133,10 @@ class PoolConfig(Section):
     batch_per_agent: int = Field(
         8, ge=1, le=1024, description="Tasks dispatched to a resident agent in one call."
     )
+    watchdog_s: float = Field(
+        600.0, gt=0, description="A Host's batch running longer is a stall: its agent is fenced "
+        "off by a new epoch and re-activated on another Host.",
+    )
     namespace: str = Field("selfheal", description="Ray namespace of the named actors.")
 
     @model_validator(mode="after")

@@ -78,6 +78,9 @@ class IllegalTransition(ValueError):
         self.state = state
         self.event = event
 
+    def __reduce__(self) -> tuple[object, ...]:  # survive pickling across Ray processes
+        return (type(self), (self.state, self.event))
+
 
 def next_state(state: AgentState, event: Event) -> AgentState:
     """The state after `event`; raises `IllegalTransition` when the table has no such move."""

@@ -17,6 +17,7 @@ from agents.engines.factory import make_engine
 from agents.models import Task
 from pool.checkpoint import CheckpointStore
 from pool.host import Carry, HostRuntime, Outcome
+from pool.metrics import MonitorMetrics
 from recovery.monitor import Monitor
 from recovery.types import Decision, HealthReport, Signals
 
@@ -35,7 +36,7 @@ def engine_threads(settings: Settings, hosts_per_node: int) -> int:
 class HostActor:
     def __init__(self, host_id: str, settings: Settings, store_root: str, threads: int) -> None:
         self.monitor = ray.get_actor(MONITOR_NAME, namespace=settings.pool.namespace)
-        engine = make_engine(settings.engine, n_threads=threads)
+        engine = make_engine(settings.engine, n_threads=threads, pool=settings.pool)
         store = CheckpointStore(Path(store_root), keep=settings.pool.keep_versions)
         self.rt = HostRuntime(host_id, settings, engine, store, self._assess)
         self.gpu = (ray.get_gpu_ids() or ["0"])[0]
@@ -70,11 +71,15 @@ class HostActor:
 class MonitorActor:
     def __init__(self, settings: Settings) -> None:
         self.m = Monitor(settings.health, settings.recovery)
+        self.metrics = MonitorMetrics()
 
     def assess(
         self, agent_id: str, items: list[tuple[str, str, int, Signals]]
     ) -> list[tuple[HealthReport, Decision]]:
-        return self.m.assess(agent_id, items)
+        verdicts = self.m.assess(agent_id, items)
+        for report, decision in verdicts:
+            self.metrics.assessed(report.score, int(decision.tier), decision.action.value)
+        return verdicts
 
     def release(self, agent_id: str) -> bool:
         return self.m.release(agent_id)

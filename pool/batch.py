@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -33,6 +35,7 @@ from pool.manager import PoolManager
 from pool.summary import summarise
 
 POLL_S = 0.25
+DRAIN_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ def fresh_manager(settings: Settings, store_root: Path) -> Any:
             time.sleep(0.05)
         except ValueError:
             break
+    here = ray.get_runtime_context().get_node_id()  # the head on a cluster: not a GPU node that may go
     return PoolManager.options(  # type: ignore[attr-defined]
-        name=MANAGER_NAME, namespace=ns, lifetime="detached"
+        name=MANAGER_NAME, namespace=ns, lifetime="detached",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
     ).remote(settings, str(store_root))
 
 
@@ -122,23 +127,50 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
            store_root: Path, console: Console) -> None:
     connect(opts.settings, opts.address)
     manager = fresh_manager(opts.settings, store_root)
-    ray.get(manager.start.remote())
-    for i in range(0, len(specs), 5000):
-        ray.get(manager.register.remote(specs[i : i + 5000]))
-    ray.get(manager.submit.remote([(t, None) for t in todo]))
+    boot = _feed(manager, specs, todo)
     waiting = {t.task_id for t in todo}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=not opts.progress) as bar:
         job = bar.add_task("tasks", total=len(todo))
         while waiting:
             time.sleep(POLL_S)
-            got = ray.get(manager.drain.remote())
+            got = _drain(manager)
+            if got is None:
+                continue
             new = ledger.append(r for r in got["results"] if r.task_id in waiting)
             waiting.difference_update(r.task_id for r in new)
             write_jsonl(opts.out / "events.jsonl", got["events"])
             bar.update(job, advance=len(new))
-    got = ray.get(manager.drain.remote())
-    write_jsonl(opts.out / "events.jsonl", got["events"])
+            if got["boot"] != boot and waiting:  # the manager restarted empty: feed it again
+                write_jsonl(opts.out / "events.jsonl", [{"event": "driver.manager_restarted",
+                                                         "resubmitted": len(waiting)}])
+                boot = _feed(manager, specs, [t for t in todo if t.task_id in waiting])
+    got = _drain(manager)
+    write_jsonl(opts.out / "events.jsonl", got["events"] if got else [])
+
+
+def _feed(manager: Any, specs: list[AgentSpec], tasks: list[Task]) -> str | None:
+    """Start the manager, register the agents and submit the tasks; its boot id, or None when it
+    died on the way (the next drain then sees a new boot id and feeds it again)."""
+    try:
+        boot: str = ray.get(manager.drain.remote(), timeout=DRAIN_TIMEOUT_S)["boot"]
+        ray.get(manager.start.remote())
+        for i in range(0, len(specs), 5000):
+            ray.get(manager.register.remote(specs[i : i + 5000]))
+        ray.get(manager.submit.remote([(t, None) for t in tasks]))
+    except (RayActorError, GetTimeoutError):
+        return None
+    return boot
+
+
+def _drain(manager: Any) -> dict[str, Any] | None:
+    """The manager's new results and events; None while it is dead or restarting."""
+    try:
+        got: dict[str, Any] = ray.get(manager.drain.remote(), timeout=DRAIN_TIMEOUT_S)
+    except (RayActorError, GetTimeoutError):
+        time.sleep(POLL_S)
+        return None
+    return got
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

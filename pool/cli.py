@@ -86,5 +86,122 @@ def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, co
     _guard(go)
 
 
+
+# -- operating a running pool ---------------------------------------------------------------
+_ADDRESS = click.option("--address", envvar="RAY_ADDRESS",
+                        help="Ray cluster address (default: $RAY_ADDRESS, else the running one).")
+_NAMESPACE = click.option("--namespace", default="selfheal", show_default=True,
+                          help="Ray namespace of the pool's named actors.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+def _print(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:
+    import json
+
+    from rich.console import Console
+
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        Console().print(view(data))
+
+
+@main.command(help="Agents by state, residents per Host with their health score, the VRAM "
+                   "ledger and the queue of the running pool.")
+@_ADDRESS
+@_NAMESPACE
+@_JSON
+@click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C.")
+def status(address: str | None, namespace: str, as_json: bool, watch: float | None) -> None:
+    from pool import ops
+
+    def go() -> None:
+        manager, monitor = ops.attach(address, namespace)
+        if not watch:
+            _print(ops.snapshot(manager, monitor), ops.status_view, as_json)
+            return
+        import time
+
+        from rich.live import Live
+
+        with Live(ops.status_view(ops.snapshot(manager, monitor)), auto_refresh=False) as live:
+            while True:
+                time.sleep(watch)
+                live.update(ops.status_view(ops.snapshot(manager, monitor)), refresh=True)
+
+    _guard(go)
+
+
+@main.command(help="FAILED agents and dead-lettered tasks, with their reasons.")
+@_ADDRESS
+@_NAMESPACE
+@_JSON
+def failed(address: str | None, namespace: str, as_json: bool) -> None:
+    import ray
+
+    from pool import ops
+
+    def go() -> None:
+        manager, _ = ops.attach(address, namespace)
+        _print(ray.get(manager.failed.remote(), timeout=30), ops.failed_view, as_json)
+
+    _guard(go)
+
+
+@main.command(help="Release FAILED agents back to DORMANT (tier 3's human step): AGENT_ID... "
+                   "or --all. Their next tasks activate them again.")
+@click.argument("agent_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Release every FAILED agent.")
+@_ADDRESS
+@_NAMESPACE
+def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespace: str) -> None:
+    import ray
+
+    from pool import ops
+
+    def go() -> None:
+        if bool(agent_ids) == every:
+            raise UsageError("give AGENT_ID... or --all (not both)")
+        manager, _ = ops.attach(address, namespace)
+        ids = list(agent_ids) or [a["agent_id"] for a in ray.get(manager.failed.remote())["agents"]]
+        done = ray.get([manager.release.remote(a) for a in ids], timeout=60)
+        for agent_id, ok in zip(ids, done, strict=True):
+            click.echo(f"{agent_id}: {'released to DORMANT' if ok else 'not FAILED (unchanged)'}")
+        if agent_ids and not all(done):
+            sys.exit(1)
+
+    _guard(go)
+
+
+@main.command(help="One agent: state, checkpoint versions, last health reports and history.")
+@click.argument("agent_id")
+@_ADDRESS
+@_NAMESPACE
+@_JSON
+def inspect(agent_id: str, address: str | None, namespace: str, as_json: bool) -> None:
+    import ray
+
+    from pool import ops
+
+    def go() -> None:
+        manager, _ = ops.attach(address, namespace)
+        info = ray.get(manager.inspect.remote(agent_id), timeout=30)
+        if info is None:
+            raise UsageError(f"unknown agent {agent_id}")
+        _print(info, ops.inspect_view, as_json)
+
+    _guard(go)
+
+
+def _add_bench() -> None:
+    from pool.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_add_bench()
+
+
 if __name__ == "__main__":
     main()

