@@ -75,11 +75,18 @@ def fresh_manager(settings: Settings, store_root: Path) -> Any:
             time.sleep(0.05)
         except ValueError:
             break
-    here = ray.get_runtime_context().get_node_id()  # the head on a cluster: not a GPU node that may go
     return PoolManager.options(  # type: ignore[attr-defined]
         name=MANAGER_NAME, namespace=ns, lifetime="detached",
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node(), soft=True),
     ).remote(settings, str(store_root))
+
+
+def _head_node() -> str:
+    """The head node's id: the pool's control actors live there, not on a GPU node that may go."""
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if node["Alive"] and "node:__internal_head__" in node["Resources"]:
+            return str(node["NodeID"])
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def _specs(opts: RunOptions, tasks: list[Task]) -> list[AgentSpec]:

@@ -7,6 +7,7 @@ is the bounded per-agent event history the PoolManager keeps for `inspect`.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections import deque
 from collections.abc import Iterable
@@ -50,7 +51,7 @@ def attach(address: str | None, namespace: str) -> tuple[Any, Any]:
     if not ray.is_initialized():
         target = _reachable(address or _current_cluster())
         try:
-            ray.init(address=target, namespace=namespace, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=target, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
         except ConnectionError:
             raise UsageError(f"no Ray cluster is running at {target}") from None
     try:
