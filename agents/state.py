@@ -58,6 +58,7 @@ TRANSITIONS: Final = MappingProxyType(
         },
         S.RECOVERING: {
             E.HEALED: S.IDLE,
+            E.PARK: S.DORMANT,  # tier-2 migration: parked here, activated on another Host
             E.DEGRADE: S.DEGRADED,
             E.START: S.RUNNING,
             E.HOST_LOST: S.DORMANT,

@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest, GenResult
 from agents.engines.hf_model import check_hf_dir, default_hf_dir
 from agents.errors import EngineFault, FaultClass, UsageError
+from agents.events import configure_logging
 from agents.models import TaskKind, Turn
 
 _TURN_OVERHEAD = 5  # chat-template tokens around one turn: <|im_start|>role\n ... <|im_end|>\n
@@ -196,6 +199,14 @@ class VllmCore:
         self.start_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
         self.base = self._footprint(before)
+        self._log_start()
+
+    def _log_start(self) -> None:
+        configure_logging()
+        log = structlog.get_logger().bind(source=self.name)
+        log.info("engine.started", model=Path(self.model_path).name, **self.base)
+        if not self.cuda:
+            log.info("engine.vram_unmeasured", reason="no CUDA device: pynvml reconciliation skipped")
 
     def _start(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from typing import Any
 
 import ray
@@ -69,7 +70,7 @@ class VllmEngineActor:
 
 def engine_actor(cfg: EngineConfig, pool: PoolConfig, node_id: str, gpu: str) -> Any:
     """The GPU's engine actor, created on first use (a no-op handle lookup afterwards)."""
-    cuda_id = gpu if ray.get_gpu_ids() else None  # a real GPU id, not a logical slot
+    cuda_id = gpu if ray.get_gpu_ids() else None  # the caller holds that GPU: pin the engine to it
     return VllmEngineActor.options(  # type: ignore[attr-defined]
         name=engine_name(cfg, node_id, gpu), namespace=pool.namespace, get_if_exists=True,
         lifetime="detached",
@@ -93,6 +94,12 @@ def engine_stats(namespace: str, timeout_s: float = 30.0) -> list[dict[str, Any]
         except (RayActorError, GetTimeoutError):
             continue  # an engine being replaced: its figures died with it
     return out
+
+
+def engine_events(namespace: str) -> list[dict[str, Any]]:
+    """One `engine.stats` event per engine, for a run's events.jsonl and summary."""
+    return [{"event": "engine.stats", "ts": time.time(), "source": PREFIX, **s}
+            for s in engine_stats(namespace)]
 
 
 def shutdown_engines(namespace: str) -> int:

@@ -125,3 +125,14 @@ def test_illegal_transition_pickles() -> None:
 
     err = pickle.loads(pickle.dumps(IllegalTransition(AgentState.FAILED, Event.START)))
     assert err.state is AgentState.FAILED and "start" in str(err)
+
+
+def test_an_agent_handing_a_task_back_for_migration_can_be_parked(tmp_path: Path) -> None:
+    host, store = _host(tmp_path, "crash")
+    for attempt in range(8):  # the crash may clear on a plain retry; find a task that migrates
+        outcomes = host.run([(Task(task_id=f"m{attempt}", agent_id="a1", prompt="p"), None)], headroom=0.5)
+        if outcomes[0].result is None:
+            break
+    assert outcomes[0].result is None, "some task asks for migration"
+    blob = host.park()
+    assert codec.decode(blob).state is AgentState.DORMANT
