@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.config import Settings
+from agents.config import EngineKind, Settings
 from agents.errors import UsageError
 from agents.events import configure_logging
 from agents.models import AgentSpec, Task
@@ -154,6 +154,10 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
                 boot = _feed(manager, specs, [t for t in todo if t.task_id in waiting])
     got = _drain(manager)
     write_jsonl(opts.out / "events.jsonl", got["events"] if got else [])
+    if opts.settings.engine.kind is EngineKind.VLLM:  # the shared engines' prefix-cache figures
+        from agents.engines.vllm_shared import engine_events
+
+        write_jsonl(opts.out / "events.jsonl", engine_events(opts.settings.pool.namespace))
 
 
 def _feed(manager: Any, specs: list[AgentSpec], tasks: list[Task]) -> str | None:
@@ -223,6 +227,8 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("peak VRAM ledger", f"{s['peak_ledger_mib']:.0f} / {s['ledger_limit_mib']:.0f} MiB"),
         ("wall time", f"{s['wall_s']:.1f} s"),
     ]
+    if s.get("prefix_cache_hit_rate") is not None:
+        rows.append(("prefix-cache hit rate", f"{100 * s['prefix_cache_hit_rate']:.1f}%"))
     for k, v in rows:
         table.add_row(k, str(v))
     return table

@@ -25,6 +25,7 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
     latencies = [r["elapsed_s"] for r in ran if r["attempts"]]
     tokens = sum(r["tokens"] for r in rows)
     activations, peak_residents, peak_used, limit, slots = [], 0, 0.0, 0.0, 0
+    prompt_tokens = cached_tokens = 0
     for e in events:
         if e.get("event") == "pool.activated":
             activations.append(e["latency_s"])
@@ -32,6 +33,9 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
             peak_residents = max(peak_residents, e["residents"])
             peak_used = max(peak_used, e["used_mib"])
             limit, slots = e["limit_mib"], e["slots"]
+        elif e.get("event") == "engine.stats":  # vLLM's shared engines
+            prompt_tokens += e.get("prompt_tokens", 0)
+            cached_tokens += e.get("cached_tokens", 0)
     return {
         "tasks": len(rows),
         "succeeded": len(ok),
@@ -53,5 +57,6 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
         "slots_per_gpu": slots,
         "peak_ledger_mib": peak_used,
         "ledger_limit_mib": limit,
+        "prefix_cache_hit_rate": cached_tokens / prompt_tokens if prompt_tokens else None,
         "mean_attempts": statistics.fmean(r["attempts"] for r in ran) if ran else 0.0,
     }

@@ -74,3 +74,12 @@ def test_ledger_survives_a_torn_line_and_never_duplicates(tmp_path: Path) -> Non
     again.append([rec.model_copy(update={"task_id": "t2"})])
     again.close()
     assert [json.loads(line)["task_id"] for line in path.read_text().splitlines()] == ["t1", "t2"]
+
+
+def test_summary_reports_the_prefix_cache_hit_rate_of_vllm_engines() -> None:
+    from pool.summary import summarise
+
+    events = [{"event": "engine.stats", "prompt_tokens": 300, "cached_tokens": 75},
+              {"event": "engine.stats", "prompt_tokens": 100, "cached_tokens": 25}]
+    assert summarise([], events, 1.0)["prefix_cache_hit_rate"] == 0.25
+    assert summarise([], [], 1.0)["prefix_cache_hit_rate"] is None
