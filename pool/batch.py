@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,17 +51,21 @@ class RunOptions:
 
 
 def connect(settings: Settings, address: str | None) -> None:
-    """Join the given or running cluster; else start a local Ray with logical GPUs."""
+    """Join the cluster named by `--address` or RAY_ADDRESS (set by `ray job submit`); without
+    either, start a private local Ray with logical GPUs. Never guess: joining whichever Ray
+    happens to run on the machine would replace another user's PoolManager."""
     if ray.is_initialized():
         return
     ns = settings.pool.namespace
+    target = address or os.environ.get("RAY_ADDRESS")
+    if not target:
+        ray.init(address="local", num_gpus=settings.pool.num_gpus, namespace=ns,
+                 log_to_driver=False, include_dashboard=False)
+        return
     try:
-        ray.init(address=address or "auto", namespace=ns, log_to_driver=False)
+        ray.init(address=target, namespace=ns, log_to_driver=False)
     except ConnectionError:
-        if address:
-            raise UsageError(f"cannot reach a Ray cluster at {address}") from None
-        ray.init(num_gpus=settings.pool.num_gpus, namespace=ns, log_to_driver=False,
-                 include_dashboard=False)
+        raise UsageError(f"cannot reach a Ray cluster at {target}") from None
 
 
 def fresh_manager(settings: Settings, store_root: Path) -> Any:

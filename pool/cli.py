@@ -68,7 +68,8 @@ def main() -> None:
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path),
               help="Checkpoint folder (default OUT/checkpoints).")
 @click.option("--seed", type=int, help="Engine seed.")
-@click.option("--address", help="Ray cluster address (default: a running one, else local).")
+@click.option("--address", help="Ray cluster to join ('auto' = the one `ray start` started); "
+              "default: $RAY_ADDRESS, else a private local Ray.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, config: Path | None,
         address: str | None, no_progress: bool, **flags: Any) -> None:
