@@ -96,7 +96,8 @@ def check_resources(namespace: str | None = None, timeout_s: float = 60.0) -> Ch
         shutdown_pool(namespace)
     started = time.monotonic()
     while True:
-        total, free = ray.cluster_resources(), ray.available_resources()
+        total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        free = ray.available_resources()  # type: ignore[no-untyped-call]
         missing = {k: total.get(k, 0) - free.get(k, 0) for k in ("CPU", "GPU")}
         ok = all(math.isclose(v, 0, abs_tol=1e-6) for v in missing.values())
         waited = time.monotonic() - started

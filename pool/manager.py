@@ -72,6 +72,7 @@ class PoolManager:
         self.trail = AgentTrail()  # recent events per agent, for `selfheal inspect`
         self.exclude: dict[str, str] = {}  # agent_id -> Host it must not return to (migration)
         self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it
+        self.reviving: set[str] = set()  # lost Hosts not yet answering again: no agent goes there
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]
             name=MONITOR_NAME, namespace=self.cfg.namespace, lifetime="detached",
             get_if_exists=True, scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -177,7 +178,7 @@ class PoolManager:
                      bool(self.queues.get(s.agent)))
             for s in self.slots if s.agent
         ] + [Resident(f"<dead {s.host_id}>", s.gpu, 9, 0.0, 0, True, False)  # never placed on
-             for s in self.slots if s.dead]
+             for s in self.slots if s.dead or (s.agent is None and s.host_id in self.reviving)]
         wanted = [Demand(a, self.registry.get(a).priority, self.cfg.agent_kv_mib) for a in demands]
         return plan(residents, wanted, self.ledger)
 
@@ -196,7 +197,7 @@ class PoolManager:
     def _free_slot(self, agent_id: str, gpu: int) -> Slot | None:
         avoid = self.exclude.get(agent_id)
         free = [s for s in self.slots if s.gpu == gpu and s.agent is None and not s.busy
-                and not s.dead]
+                and not s.dead and s.host_id not in self.reviving]
         preferred = [s for s in free if s.host_id != avoid]
         choice = preferred or free
         return choice[0] if choice else None
@@ -222,7 +223,8 @@ class PoolManager:
         finally:
             slot.agent = None if slot.agent == agent_id and not kept else slot.agent
             slot.busy = False
-        if kept:
+        if kept:  # its queued work runs where it is; a full disk gets a moment before a retry
+            asyncio.get_running_loop().call_later(0.5, self._wake.set)
             return
         if self.queues.get(agent_id):
             self.registry.want(agent_id)
@@ -307,6 +309,7 @@ class PoolManager:
         """Watchdog: fence the silent Host off by epoch, re-activate its agent elsewhere, and
         discard whatever the Host says when (if ever) it answers."""
         slot.agent = None
+        self.reviving.add(slot.host_id)  # unusable until it answers; the plan counts it taken
         self.events.emit("pool.host_stalled", host=slot.host_id, agent_id=agent_id,
                          after_s=self.cfg.watchdog_s, requeued=len(batch))
         entry = self.registry.get(agent_id)
@@ -330,6 +333,7 @@ class PoolManager:
         with contextlib.suppress(RayError):
             await slot.handle.release.remote()
         slot.busy = False
+        self.reviving.discard(slot.host_id)
         self._wake.set()
 
     def _fence(self, agent_id: str, epoch: int) -> int:
@@ -374,6 +378,9 @@ class PoolManager:
         # Nothing else may wake the loop (every activation of a pass can fail this way); not at
         # once, so a Host that is still restarting is not hammered.
         asyncio.get_running_loop().call_later(0.2, self._wake.set)
+        if slot.host_id not in self.reviving:
+            self.reviving.add(slot.host_id)
+            asyncio.get_running_loop().create_task(self._revive(slot))
         self._check_node(slot)
         if agent_id is None:
             return
@@ -392,6 +399,18 @@ class PoolManager:
             self._enqueue(agent_id, item, front=True)
         if self.queues.get(agent_id):
             self.registry.want(agent_id)
+
+    async def _revive(self, slot: Slot) -> None:
+        """Wait until a lost Host answers again (Ray restarts it), so that no agent is bound to
+        it meanwhile and charged with a crash that was not its own."""
+        for _ in range(120):
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(slot.handle.info.remote().future()), 30)
+                break
+            except (RayError, TimeoutError):
+                await asyncio.sleep(0.5)
+        self.reviving.discard(slot.host_id)
+        self._wake.set()
 
     def _check_node(self, slot: Slot) -> None:
         """A Host whose node died can never restart there: retire all the Hosts of that node

@@ -1,0 +1,248 @@
+"""Faults during a run: killed Hosts, manager and monitor, a zombie Host, a poison agent, a full
+disk, corrupt checkpoints. Every test ends with the three checks of `pool.checks`.
+
+Covered elsewhere, not repeated here: kill -9 at each step of a checkpoint write
+(`tests/unit/test_checkpoint.py::test_kill_9_at_each_step`, with two writers fenced by epoch in
+`test_two_processes_epoch_fencing`) and the fuzzing of the checkpoint reader
+(`test_decode_fuzz_raises_only_checkpoint_corrupt`, `test_read_fuzz_newest_file`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+from conftest import NAMESPACE, Run, assert_checks, settings
+
+from agents.models import AgentRecord, AgentSpec
+from pool.actors import MANAGER_NAME, MONITOR_NAME
+from pool.checkpoint import MANIFEST, CheckpointStore
+from pool.checks import actor_pids
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+
+def _manager() -> ray.actor.ActorHandle:
+    return ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
+
+
+def _rows(run: Run) -> list[dict]:
+    return pq.read_table(run.out / "results.parquet").to_pylist()
+
+
+def _kill(name: str, sig: int = signal.SIGKILL) -> int:
+    pid = actor_pids()[name]
+    os.kill(pid, sig)
+    return pid
+
+
+def _wait_restarted(name: str, old_pid: int, timeout_s: float = 60) -> None:
+    stop = time.monotonic() + timeout_s
+    while actor_pids().get(name, old_pid) == old_pid:
+        assert time.monotonic() < stop, f"{name} did not restart"
+        time.sleep(0.1)
+
+
+def test_host_kills_restore_agents_and_rerun_tasks(chaos_ray: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path, 1000, 200, settings(engine={"step_cost_s": 0.01}), seed=11).start()
+    rng, kills, killed = random.Random(7), 0, set()
+    slots = run.cfg.pool.slots_per_gpu
+    run.wait_for(lambda: run.committed() >= 50, what="the first results")
+    while run.thread.is_alive() and kills < 12:
+        hosts = {n: p for n, p in actor_pids("host-").items() if p not in killed}
+        if len(hosts) >= slots - 1:  # at most two Hosts restarting at a time
+            killed.add(pid := hosts[rng.choice(sorted(hosts))])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+        time.sleep(0.3)
+    run.join()
+    assert kills >= 5, kills
+    lost = [e for e in run.events("pool.host_lost") if e["agent_id"]]
+    assert lost, "some kill hit a Host under an agent"
+    for e in lost[:5]:  # restored from the disk tier (its committed checkpoint), elsewhere
+        later = [a for a in run.events("pool.activated")
+                 if a["agent_id"] == e["agent_id"] and a["tier"] == "disk"]
+        assert later, e
+    assert_checks(run)
+
+
+@pytest.mark.parametrize("name", [MANAGER_NAME, MONITOR_NAME])
+def test_manager_or_monitor_killed_restarts_and_run_completes(
+    chaos_ray: Path, tmp_path: Path, name: str
+) -> None:
+    run = Run(tmp_path, 400, 80, settings(engine={"step_cost_s": 0.003}), seed=12).start()
+    for target in (80, 220):
+        run.wait_for(lambda t=target: run.committed() >= t, what=f"{target} results")  # type: ignore[misc]
+        pid = _kill(name)
+        _wait_restarted(name, pid)
+    summary = run.join()
+    assert summary["tasks"] == run.n
+    if name == MANAGER_NAME:
+        assert len(run.events("driver.manager_restarted")) >= 1
+    assert_checks(run)
+
+
+def test_zombie_host_is_fenced_by_epoch_and_its_late_result_discarded(
+    chaos_ray: Path, tmp_path: Path
+) -> None:
+    cfg = settings(engine={"step_cost_s": 0.03}, pool={"watchdog_s": 3.0, "batch_per_agent": 4})
+    run = Run(tmp_path, 240, 40, cfg, seed=13).start()
+    run.wait_for(lambda: run.committed() >= 20, what="the first results")
+    busy: dict = {}
+
+    def running() -> bool:
+        hosts = ray.get(_manager().status.remote())["hosts"]
+        busy.update(next((h for h in hosts if h["busy"] and h["agent"]), {}))
+        return bool(busy)
+
+    run.wait_for(running, what="a busy Host")
+    host, agent = busy["host"], busy["agent"]
+    pid = _kill(host, signal.SIGSTOP)
+    try:
+        store = CheckpointStore(run.store_root())
+        before = store.latest(agent).epoch  # type: ignore[union-attr]
+        run.wait_for(lambda: any(e["host"] == host for e in run.events("pool.host_stalled")),
+                     what="the watchdog")
+        summary = run.join()  # the agent's tasks ran again on another Host
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    fenced = store.latest(agent).epoch  # type: ignore[union-attr]
+    assert fenced > before
+    discarded: list[dict] = []
+    stop = time.monotonic() + 60
+    while not discarded and time.monotonic() < stop:
+        events = ray.get(_manager().drain.remote())["events"]
+        discarded = [e for e in events if e["event"] == "pool.zombie_discarded" and e["host"] == host]
+        time.sleep(0.2)
+    assert discarded and "StaleEpoch" in discarded[0]["error"], discarded
+    assert store.latest(agent).epoch == fenced, "the zombie's write did not land"
+    assert summary["tasks"] == run.n
+    assert_checks(run)
+
+
+def _seed_store(run: Run, agents: int) -> CheckpointStore:
+    store = CheckpointStore(run.store_root())
+    for i in range(agents):
+        store.write(AgentRecord(spec=AgentSpec(agent_id=f"agent-{i:06d}", priority=i % 10)), 0)
+    return store
+
+
+def _folder(store: CheckpointStore, agent: str) -> Path:
+    return store._folder(agent)
+
+
+def test_poison_agent_whose_checkpoint_never_loads_goes_failed(chaos_ray: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path, 300, 30, settings(), seed=14)
+    store = _seed_store(run, 30)
+    poison = "agent-000003"
+    for path in _folder(store, poison).glob("*.arrow"):
+        path.write_bytes(b"\x00" * 64)
+    run.start().join()
+    rows = [r for r in _rows(run) if r["agent_id"] == poison]
+    assert rows and all(r["status"] == "failed" and "CheckpointCorrupt" in r["error"] for r in rows)
+    others = [r for r in _rows(run) if r["agent_id"] != poison]
+    assert sum(r["status"] == "succeeded" for r in others) >= 0.9 * len(others)
+    assert list((store.root / "quarantine" / poison).glob("*.reason.json"))
+    assert_checks(run, quarantined_ok=(poison,))
+
+
+def test_poison_agent_whose_host_always_dies_goes_failed(chaos_ray: Path, tmp_path: Path) -> None:
+    cfg = settings(engine={"step_cost_s": 0.05}, recovery={"intensity": 2})
+    run = Run(tmp_path, 200, 20, cfg, seed=15)
+    poison, kills = "agent-000005", 0
+    with open(run.tasks, "a") as fh:  # enough work that it is resident whenever we look
+        for i in range(40):
+            fh.write(json.dumps({"task_id": f"p{i}", "agent_id": poison, "prompt": f"poison {i}"}) + "\n")
+    run.start()
+    intensity = run.cfg.recovery.intensity
+    while run.thread.is_alive() and kills <= intensity + 2:
+        try:
+            hosts = ray.get(_manager().status.remote(), timeout=10)["hosts"]
+        except (ValueError, ray.exceptions.RayError):
+            continue
+        for h in hosts:
+            if h["agent"] == poison and h["host"] in (pids := actor_pids("host-")):
+                os.kill(pids[h["host"]], signal.SIGKILL)
+                kills += 1
+                time.sleep(0.3)
+        time.sleep(0.02)
+    run.join()
+    failed = [e for e in run.events("pool.agent_failed") if e["agent_id"] == poison]
+    assert failed and "Host died" in failed[0]["reason"], failed
+    assert intensity + 1 <= kills <= intensity + 3  # a kill can land just after a batch went through
+    assert list((run.store_root() / "quarantine" / poison).glob("*.reason.json"))
+    others = [r for r in _rows(run) if r["agent_id"] != poison]
+    assert sum(r["status"] == "succeeded" for r in others) >= 0.9 * len(others)
+    assert_checks(run, quarantined_ok=(poison,))
+
+
+def test_disk_full_fails_loudly_and_keeps_previous_versions(chaos_ray: Path, tmp_path: Path) -> None:
+    flag = chaos_ray / "enospc"
+    run = Run(tmp_path, 400, 40, settings(engine={"step_cost_s": 0.005}), seed=16).start()
+    run.wait_for(lambda: run.committed() >= 100, what="100 results")
+    flag.touch()
+    try:
+        time.sleep(1.5)
+    finally:
+        flag.unlink()
+    run.join()
+    loud = [e for e in run.events("pool.agent_failed") + run.events("pool.park_failed")
+            if "No space left on device" in e.get("reason", "")]
+    assert loud, "a write on a full disk fails loudly"
+    failed_rows = [r for r in _rows(run) if "No space left on device" in (r["error"] or "")]
+    assert all(r["status"] == "failed" for r in failed_rows)
+    assert_checks(run)  # every agent's last committed version is intact
+
+
+def _corrupt(store: CheckpointStore, agent: str, how: str) -> None:
+    folder = _folder(store, agent)
+    path = folder / "v00000002.arrow"
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "zero":
+        path.write_bytes(b"")
+    elif how == "flipped":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    else:  # a valid file of another schema version, with a matching checksum
+        batch = next(iter(pa.ipc.open_stream(data)))
+        batch = batch.replace_schema_metadata({b"selfheal.schema_version": b"2"})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        new = bytes(sink.getvalue())
+        path.write_bytes(new)
+        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest["entries"][-1].update(size=len(new), sha256=hashlib.sha256(new).hexdigest())
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_corrupt_checkpoints_are_quarantined_and_previous_used(chaos_ray: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path, 200, 20, settings(), seed=17)
+    store = _seed_store(run, 20)
+    kinds = ["truncated", "zero", "flipped", "schema_version"]
+    for i, how in enumerate(kinds):
+        agent = f"agent-{i:06d}"
+        store.write(AgentRecord(spec=AgentSpec(agent_id=agent), tasks_done=41), 0)
+        _corrupt(store, agent, how)
+    run.start().join()
+    for i, how in enumerate(kinds):
+        agent = f"agent-{i:06d}"
+        notes = [json.loads(p.read_text()) for p in (store.root / "quarantine" / agent).glob("*.json")]
+        assert [n["version"] for n in notes] == [2], (how, notes)
+        rows = [r for r in _rows(run) if r["agent_id"] == agent]
+        assert rows and not any("Corrupt" in (r["error"] or "") for r in rows), how
+        assert store.read(agent)[0].tasks_done >= 1 or not rows
+    assert ray.get(_manager().status.remote())["agents"] == 20  # the manager kept running
+    assert_checks(run)
