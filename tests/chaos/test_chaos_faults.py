@@ -158,7 +158,9 @@ def test_poison_agent_whose_checkpoint_never_loads_goes_failed(chaos_ray: Path, 
 
 
 def test_poison_agent_whose_host_always_dies_goes_failed(chaos_ray: Path, tmp_path: Path) -> None:
-    cfg = settings(engine={"step_cost_s": 0.05}, recovery={"intensity": 2})
+    no_faults = dict.fromkeys(("garbage", "truncation", "timeout", "oom", "crash", "permanent"), 0.0)
+    # only the kills may fail the agent: injected faults would let supervision fail it first
+    cfg = settings(engine={"step_cost_s": 0.05, "faults": no_faults}, recovery={"intensity": 2})
     run = Run(tmp_path, 200, 20, cfg, seed=15)
     poison, kills = "agent-000005", 0
     with open(run.tasks, "a") as fh:  # enough work that it is resident whenever we look

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from typing import Any
 
@@ -326,10 +325,6 @@ def test_report_is_bounded_and_consistent(
     assert report.healthy == (report.fault is FaultClass.NONE and report.score >= 0.75)
     if fault is not FaultClass.NONE:
         assert report.fault is fault
-
-
-def test_ray_is_not_imported() -> None:
-    assert "ray" not in sys.modules
 
 
 def test_json_with_expected_values_must_match_them() -> None:

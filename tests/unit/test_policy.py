@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
@@ -329,5 +328,3 @@ def test_always_failing_ends_within_max_attempts(
     pytest.fail(f"no terminal decision within {config.max_attempts} attempts")
 
 
-def test_ray_is_not_imported() -> None:
-    assert "ray" not in sys.modules
