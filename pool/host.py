@@ -222,7 +222,8 @@ class HostRuntime:
         self, runs: list[_Run], verdicts: list[tuple[HealthReport, Decision]], done: list[Outcome]
     ) -> list[_Run]:
         again: list[_Run] = []
-        for run, (report, decision) in zip(runs, verdicts, strict=True):
+        delay = 0.0
+        for i, (run, (report, decision)) in enumerate(zip(runs, verdicts, strict=True)):
             c = run.carry
             tiers = c.tiers + ((int(decision.tier),) if decision.tier else ())
             run.carry = replace(c, tiers=tiers)
@@ -233,9 +234,10 @@ class HostRuntime:
             elif decision.action is Action.FAIL_AGENT:  # FAILED first: every result must say so
                 self._mark_failed(decision)
                 done.append(self._finish(run, report, ok=False, error=decision.reason))
-                return self._fail_agent(runs[runs.index(run) + 1 :], again, done, decision)
+                return self._fail_agent(runs[i + 1 :], again, done, decision)
             else:
                 self._record_recovery(run, decision)
+                delay = max(delay, decision.delay_s)
                 if decision.action is Action.MIGRATE:
                     done.append(Outcome(run.task, None, self._next_carry(run, decision)))
                     continue
@@ -243,6 +245,8 @@ class HostRuntime:
                     self._compress()
                 run.carry = self._next_carry(run, decision)
                 again.append(run)
+        if delay and again:  # one backoff for the round: each retry waits at least its own delay
+            self.sleep(delay)
         return again
 
     def _record_recovery(self, run: _Run, decision: Decision) -> None:
@@ -253,8 +257,6 @@ class HostRuntime:
                          task_id=run.task.task_id, action=decision.action.value,
                          tier=int(decision.tier), reason=decision.reason,
                          attempt=run.carry.attempt, delay_s=round(decision.delay_s, 4))
-        if decision.delay_s:
-            self.sleep(decision.delay_s)
 
     def _next_carry(self, run: _Run, decision: Decision) -> Carry:
         c = run.carry

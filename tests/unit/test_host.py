@@ -136,3 +136,15 @@ def test_an_agent_handing_a_task_back_for_migration_can_be_parked(tmp_path: Path
     assert outcomes[0].result is None, "some task asks for migration"
     blob = host.park()
     assert codec.decode(blob).state is AgentState.DORMANT
+
+
+def test_a_round_of_retries_backs_off_once_not_once_per_task(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, "timeout")
+    host.settings = load_settings(overrides={"engine": {"kind": "scripted"},
+                                             "recovery": {"backoff_base_s": 0.05}})
+    waits: list[float] = []
+    host.sleep = waits.append
+    host.assess = Monitor(host.settings.health, host.settings.recovery, clock=lambda: 0.0).assess
+    outcomes = host.run(_tasks(4), headroom=0.5)
+    assert all(o.result.status is TaskStatus.SUCCEEDED for o in outcomes)
+    assert len(waits) == 1 and 0 < waits[0] <= 0.05 * 1.5
