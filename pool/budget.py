@@ -2,12 +2,19 @@
 
 Theory of operation. A GPU holds the engine base (weights, CUDA context) plus the footprint of
 each resident agent, and at most `slots_per_gpu` residents (one per warm Host). The `Ledger`
-caps what may be used at `budget_mib * watermark`. `plan` serves the demands highest priority
-first (stable within a priority) as a pure fold over a working copy of the residents: a demand
-goes to the GPU with the most headroom that has a free slot and room; failing that, it parks the
-cheapest set of residents on one GPU that makes room; failing that, it is deferred. A demand never
-crosses the budget, so the invariant "on every GPU, residents <= slots and base + footprints <=
-limit" holds after `apply_plan` whenever it held before.
+caps what may be used at `budget_mib * watermark`; `extra_mib` is memory a GPU was measured to
+hold beyond what the ledger accounts for (reconciliation with pynvml), counted as used.
+
+`plan` first sheds: on a GPU that is over its limit (its measured extra grew), it parks idle
+residents in eviction order until the GPU is back within it; these parks are also listed in
+`Plan.shed`, and the pool migrates their work to another GPU. It then serves the demands highest
+priority first (stable within a priority) as a pure fold over a working copy of the residents: a
+demand goes to the GPU with the most headroom that has a free slot and room; failing that, it
+parks the cheapest set of residents on one GPU that makes room; failing that, it is deferred. A
+demand that moves off a GPU under memory pressure (`avoid_gpu`) goes there only when no other GPU
+can take it. A demand never crosses the budget, so the invariant "on every GPU, residents <= slots
+and base + extra + footprints <= limit" holds after `apply_plan` whenever it held before, and a
+GPU over its limit is brought back within it unless only busy residents are left there.
 
 Who may be parked for a demand: residents that are not busy, were not activated in the same plan,
 and are not wanted residents of higher priority than the demand. They go in eviction order: not
@@ -47,6 +54,7 @@ class Demand:
     agent_id: str
     priority: int  # 0..9; served highest first
     footprint_mib: int  # what it will cost once resident
+    avoid_gpu: int | None = None  # migrating off this GPU (memory pressure): the last resort
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,7 @@ class Plan:
     activate: tuple[Placement, ...]  # in the order the demands were served
     park: tuple[str, ...]  # agent ids of residents to checkpoint and unbind
     deferred: tuple[str, ...]  # demands that could not be placed now
+    shed: tuple[str, ...] = ()  # the parks that bring a GPU over its limit back within it
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,7 @@ class Ledger:
     base_mib: int  # engine footprint per GPU: weights + context
     num_gpus: int  # GPUs, indexed 0..num_gpus-1
     slots_per_gpu: int  # residents (Hosts) per GPU
+    extra_mib: tuple[int, ...] = ()  # per GPU: measured use the ledger does not account for
 
     @classmethod
     def from_config(cls, cfg: PoolConfig) -> Ledger:
@@ -90,8 +100,21 @@ class Ledger:
     def limit_mib(self) -> float:
         return self.budget_mib * self.watermark
 
-    def used(self, residents: Iterable[Resident], gpu: int) -> int:
+    def extra(self, gpu: int) -> int:
+        return self.extra_mib[gpu] if gpu < len(self.extra_mib) else 0
+
+    def with_extra(self, gpu: int, mib: int) -> Ledger:
+        """The ledger once `gpu` was measured to hold `mib` beyond what it accounts for."""
+        extra = list(self.extra_mib) + [0] * (self.num_gpus - len(self.extra_mib))
+        extra[gpu] = max(0, mib)
+        return replace(self, extra_mib=tuple(extra))
+
+    def accounted(self, residents: Iterable[Resident], gpu: int) -> int:
+        """What the ledger itself accounts for on `gpu`: the engine base and the residents."""
         return self.base_mib + sum(r.footprint_mib for r in residents if r.gpu == gpu)
+
+    def used(self, residents: Iterable[Resident], gpu: int) -> int:
+        return self.accounted(residents, gpu) + self.extra(gpu)
 
     def headroom(self, residents: Iterable[Resident], gpu: int) -> float:
         """Share of the limit still free on `gpu`; negative when over it."""
@@ -131,23 +154,38 @@ def served_order(demand: Iterable[Demand]) -> tuple[Demand, ...]:
 def plan(residents: Sequence[Resident], demand: Sequence[Demand], ledger: Ledger) -> Plan:
     """Activations and parkings that serve `demand` without crossing the ledger."""
     resident_ids = {r.agent_id for r in residents}
-    state = _Working(residents=tuple(residents))
+    state = _shed(_Working(residents=tuple(residents)), ledger)
+    shed = state.park
     for d in served_order(demand):
         if d.agent_id not in resident_ids:
             state = _serve(state, d, ledger)
-    return Plan(activate=state.activate, park=state.park, deferred=state.deferred)
+    return Plan(activate=state.activate, park=state.park, deferred=state.deferred, shed=shed)
+
+
+def _shed(state: _Working, ledger: Ledger) -> _Working:
+    """Park idle residents of every GPU over its limit, in eviction order, until it is within."""
+    for gpu in range(ledger.num_gpus):
+        idle = sorted((r for r in state.residents if r.gpu == gpu and not r.busy and r.footprint_mib),
+                      key=lambda r: (r.wanted, r.priority, r.last_used, r.agent_id))
+        gone: list[str] = []
+        for r in idle:
+            if ledger.used(state.residents, gpu) <= ledger.limit_mib:
+                break
+            gone.append(r.agent_id)
+            state = replace(state, residents=tuple(x for x in state.residents if x is not r))
+        state = replace(state, park=(*state.park, *gone))
+    return state
 
 
 def _serve(state: _Working, d: Demand, ledger: Ledger) -> _Working:
     if ledger.base_mib + d.footprint_mib > ledger.limit_mib:
         return replace(state, deferred=(*state.deferred, d.agent_id))
-    gpu = _free_gpu(state.residents, d, ledger)
-    victims: tuple[Resident, ...] = ()
-    if gpu is None:
-        choice = _cheapest_eviction(state, d, ledger)
-        if choice is None:
-            return replace(state, deferred=(*state.deferred, d.agent_id))
-        gpu, victims = choice
+    choice = _place(state, d, ledger, others_only=d.avoid_gpu is not None)
+    if choice is None and d.avoid_gpu is not None:  # nowhere else: its own GPU after all
+        choice = _place(state, d, ledger, others_only=False)
+    if choice is None:
+        return replace(state, deferred=(*state.deferred, d.agent_id))
+    gpu, victims = choice
     gone = {v.agent_id for v in victims}
     # The activated agent is held as "just used"; it is excluded from eviction by id anyway.
     new = Resident(d.agent_id, gpu, d.priority, math.inf, d.footprint_mib, False, True)
@@ -160,21 +198,35 @@ def _serve(state: _Working, d: Demand, ledger: Ledger) -> _Working:
     )
 
 
-def _free_gpu(residents: Sequence[Resident], d: Demand, ledger: Ledger) -> int | None:
+def _place(
+    state: _Working, d: Demand, ledger: Ledger, others_only: bool
+) -> tuple[int, tuple[Resident, ...]] | None:
+    """A GPU for `d` and the residents to park there: a free GPU first, else the cheapest
+    eviction; with `others_only`, never `d.avoid_gpu`."""
+    gpus = [g for g in range(ledger.num_gpus) if not (others_only and g == d.avoid_gpu)]
+    gpu = _free_gpu(state.residents, d, ledger, gpus)
+    if gpu is not None:
+        return gpu, ()
+    return _cheapest_eviction(state, d, ledger, gpus)
+
+
+def _free_gpu(
+    residents: Sequence[Resident], d: Demand, ledger: Ledger, gpus: Sequence[int]
+) -> int | None:
     """The GPU with the most headroom (lowest index on ties) that takes `d` as it stands."""
-    gpus = [g for g in range(ledger.num_gpus) if ledger.fits(residents, g, d.footprint_mib)]
-    if not gpus:
+    fit = [g for g in gpus if ledger.fits(residents, g, d.footprint_mib)]
+    if not fit:
         return None
-    return max(gpus, key=lambda g: (ledger.headroom(residents, g), -g))
+    return max(fit, key=lambda g: (ledger.headroom(residents, g), -g))
 
 
 def _cheapest_eviction(
-    state: _Working, d: Demand, ledger: Ledger
+    state: _Working, d: Demand, ledger: Ledger, gpus: Sequence[int]
 ) -> tuple[int, tuple[Resident, ...]] | None:
-    """Over all GPUs, the eviction that parks the fewest wanted residents, then the fewest
+    """Over `gpus`, the eviction that parks the fewest wanted residents, then the fewest
     residents, then the least important, then leaves the most headroom."""
     options: list[tuple[tuple[int, int, int, float, int], int, tuple[Resident, ...]]] = []
-    for gpu in range(ledger.num_gpus):
+    for gpu in gpus:
         victims = _eviction(state, d, ledger, gpu)
         if victims is None:
             continue

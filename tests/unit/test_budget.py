@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -144,6 +145,43 @@ def test_parks_on_the_gpu_where_it_costs_least() -> None:
     assert plan(residents, [dem("x", 9)], ledger).park == ("i",)
 
 
+def test_measured_extra_counts_as_used() -> None:
+    ledger = LEDGER.with_extra(0, 850)
+    residents = [res("a", mib=100)]
+    assert ledger.accounted(residents, 0) == 200
+    assert ledger.used(residents, 0) == 1050
+    assert ledger.headroom(residents, 0) == pytest.approx(-0.05)
+    assert ledger.with_extra(0, -30).extra(0) == 0  # measured below the ledger: nothing extra
+
+
+def test_sheds_idle_residents_of_a_gpu_over_its_limit_in_eviction_order() -> None:
+    ledger = replace(LEDGER, slots_per_gpu=4).with_extra(0, 500)  # used 100+500+400 = 1000
+    residents = [res("busy", busy=True), res("wanted", wanted=True, priority=0),
+                 res("old", last_used=1.0), res("new", last_used=2.0)]
+    ledger = ledger.with_extra(0, 650)  # 1150: two of the idle ones must go
+    p = plan(residents, [], ledger)
+    assert p.shed == ("old", "new") and p.park == ("old", "new") and not p.activate
+    assert plan(residents, [], ledger.with_extra(0, 500)).park == ()  # exactly at the limit
+
+
+def test_shedding_stops_at_busy_residents_and_nothing_is_placed_there() -> None:
+    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=3).with_extra(0, 900)
+    p = plan([res("b", busy=True), res("i")], [dem("x")], ledger)
+    assert p.shed == ("i",) and p.activate == (Placement("x", 1),)
+
+
+def test_a_migration_off_a_pressed_gpu_goes_elsewhere_even_by_parking() -> None:
+    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
+    moving = Demand("m", 5, 100, avoid_gpu=0)
+    # Its own GPU has a free slot and the most headroom; the other must park one to take it.
+    residents = [res("a", gpu=1), res("b", gpu=1, mib=50)]
+    p = plan(residents, [moving], ledger)
+    assert p.activate == (Placement("m", 1),) and len(p.park) == 1
+    # Nowhere else to go (the other GPU is busy): its own GPU after all, not a deferral.
+    busy = [res("a", gpu=1, busy=True), res("b", gpu=1, busy=True)]
+    assert plan(busy, [moving], ledger).activate == (Placement("m", 0),)
+
+
 def test_deferral_when_everything_is_busy() -> None:
     ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
     residents = [res(f"b{i}", gpu=i % 2, busy=True) for i in range(4)]
@@ -197,14 +235,22 @@ AGENTS = [f"a{i}" for i in range(24)]
 def ledgers(draw: st.DrawFn) -> Ledger:
     budget = draw(st.integers(64, 4096))
     watermark = draw(st.floats(0.1, 1.0))
+    gpus = draw(st.integers(1, 3))
     return Ledger(
         budget_mib=budget,
         watermark=watermark,
         # An engine base over the limit leaves no GPU valid even when empty: a bad config.
         base_mib=draw(st.integers(0, int(budget * watermark))),
-        num_gpus=draw(st.integers(1, 3)),
+        num_gpus=gpus,
         slots_per_gpu=draw(st.integers(1, 5)),
     )
+
+
+def measured(ledger: Ledger) -> st.SearchStrategy[Ledger]:
+    """The ledger after a reconciliation found some GPUs holding more than it accounts for."""
+    extra = st.lists(st.integers(0, ledger.budget_mib), min_size=ledger.num_gpus,
+                     max_size=ledger.num_gpus)
+    return extra.map(lambda e: replace(ledger, extra_mib=tuple(e)))
 
 
 def demands(budget: int) -> st.SearchStrategy[list[Demand]]:
@@ -213,6 +259,7 @@ def demands(budget: int) -> st.SearchStrategy[list[Demand]]:
         agent_id=st.sampled_from(AGENTS),
         priority=st.integers(0, 9),
         footprint_mib=st.integers(0, budget // 2),
+        avoid_gpu=st.none() | st.integers(0, 2),
     )
     return st.lists(one, max_size=10)
 
@@ -226,19 +273,27 @@ def check_invariants(
     assert all(a in by_id and not by_id[a].busy for a in p.park)
     assert not set(activated) & set(p.park)
     assert len(set(p.park)) == len(p.park)
-    assert not p.park or p.activate  # parking only ever serves an activation
+    assert set(p.shed) <= set(p.park)
+    # Parking serves an activation, or brings a GPU over its limit back within it.
+    assert set(p.park) <= set(p.shed) or p.activate
+    for a in p.shed:
+        assert ledger.used(before, by_id[a].gpu) > ledger.limit_mib and by_id[a].footprint_mib
     # Each demand for a dormant agent is either activated or deferred, exactly once.
     dormant = [d.agent_id for d in served_order(demand) if d.agent_id not in by_id]
     assert sorted(activated + list(p.deferred)) == sorted(dormant)
     # A wanted resident is parked only for a demand at least as important as itself.
     top = max((d.priority for d in demand if d.agent_id in activated), default=-1)
-    assert all(by_id[a].priority <= top for a in p.park if by_id[a].wanted)
+    assert all(by_id[a].priority <= top for a in p.park if by_id[a].wanted and a not in p.shed)
 
     after = apply_plan(before, p, demand, now=0.0)
     assert all(n == 1 for n in Counter(r.agent_id for r in after).values())
+    placed = {a.agent_id: a.gpu for a in p.activate}
     for gpu in range(ledger.num_gpus):
         assert sum(r.gpu == gpu for r in after) <= ledger.slots_per_gpu
-        assert ledger.used(after, gpu) <= ledger.limit_mib
+        if ledger.used(after, gpu) > ledger.limit_mib:  # only what parking cannot free keeps it over
+            on = [r for r in after if r.gpu == gpu and r.footprint_mib]
+            assert all(r.agent_id in by_id and by_id[r.agent_id].busy for r in on)
+            assert gpu not in placed.values()
     assert all(0 <= r.gpu < ledger.num_gpus for r in after)
     return after
 
@@ -248,6 +303,8 @@ def check_invariants(
 def test_rounds_never_cross_budget_or_slots(data: st.DataObject, ledger: Ledger) -> None:
     residents: tuple[Resident, ...] = ()
     for now in range(data.draw(st.integers(1, 8))):
+        if data.draw(st.booleans()):  # a reconciliation between rounds
+            ledger = data.draw(measured(ledger))
         # Between rounds, residents start or finish work and gain or drain their queues.
         residents = tuple(
             Resident(
