@@ -95,6 +95,17 @@ class FaultRates(Section):
         return self
 
 
+class DeviceSim(Section):
+    """What the scripted engine pretends its device does, so the pool's VRAM paths run anywhere."""
+
+    can_sleep: bool = Field(False, description="The engine can sleep (like vLLM on CUDA).")
+    used_mib: dict[int, int] = Field(
+        default_factory=dict,
+        description="What a pynvml reading of GPU i would say the pool's processes use; "
+        "empty: no reading, as on a machine without a GPU.",
+    )
+
+
 class EngineConfig(Section):
     kind: EngineKind = Field(EngineKind.LLAMA_CPP, description="Model runtime.")
     model_path: Path | None = Field(
@@ -111,6 +122,7 @@ class EngineConfig(Section):
     )
     faults: FaultRates = Field(default_factory=FaultRates, description="Scripted engine faults.")
     step_cost_s: float = Field(0.0, ge=0, description="Scripted engine: seconds per step.")
+    device: DeviceSim = Field(default_factory=DeviceSim, description="Scripted engine: device.")
     seed: int = Field(0, ge=0, description="Engine seed.")
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="vLLM: share of memory to reserve; default from the budget."
@@ -136,6 +148,10 @@ class PoolConfig(Section):
     watchdog_s: float = Field(
         600.0, gt=0, description="A Host's batch running longer is a stall: its agent is fenced "
         "off by a new epoch and re-activated on another Host.",
+    )
+    reconcile_s: float = Field(
+        30.0, ge=0, description="Seconds between reconciliations of the VRAM ledger with "
+        "pynvml's reading of each GPU; 0 turns them off.",
     )
     namespace: str = Field("selfheal", description="Ray namespace of the named actors.")
 

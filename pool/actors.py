@@ -66,6 +66,18 @@ class HostActor:
     def release(self) -> None:
         self.rt.release()
 
+    def engine_info(self) -> dict[str, Any]:
+        return self.rt.engine_info()
+
+    def pause_engine(self) -> bool:
+        return self.rt.pause_engine()
+
+    def wake_engine(self) -> bool:
+        return self.rt.wake_engine()
+
+    def measure(self) -> dict[str, Any]:
+        return self.rt.measure()
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class MonitorActor:

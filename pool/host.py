@@ -19,6 +19,7 @@ from typing import Any
 from agents import codec
 from agents.config import Settings
 from agents.engines.base import Engine, GenRequest, GenResult
+from agents.engines.gpumem import nvml_reading
 from agents.errors import EngineFault, FaultClass, GroundTruth, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
@@ -54,6 +55,7 @@ class Outcome:
     task: Task
     result: TaskResult | None  # None when the task must move to another Host
     carry: Carry | None = None
+    fault: FaultClass = FaultClass.NONE  # why it moves (OOM: off its GPU, not only its Host)
 
 
 @dataclass(slots=True)
@@ -124,6 +126,25 @@ class HostRuntime:
     def release(self) -> None:
         """Forget the agent without writing (its state is already committed)."""
         self.agent = None
+
+    # -- the engine's device (optional engine methods, see agents.engines.base) ------------
+    def engine_info(self) -> dict[str, Any]:
+        info = getattr(self.engine, "info", None)
+        return dict(info()) if info else {}
+
+    def pause_engine(self) -> bool:
+        """Give the GPU back keeping the engine; False when the engine cannot sleep."""
+        sleep = getattr(self.engine, "sleep", None)
+        return bool(sleep()) if sleep else False
+
+    def wake_engine(self) -> bool:
+        wake = getattr(self.engine, "wake_up", None)
+        return bool(wake()) if wake else False
+
+    def measure(self) -> dict[str, Any]:
+        """The engine's reading of its GPU, else pynvml's reading of this process."""
+        measure = getattr(self.engine, "measure", None)
+        return dict(measure()) if measure else nvml_reading()
 
     def _commit(self, record: AgentRecord) -> bytes:
         data = codec.encode(record)
@@ -239,7 +260,7 @@ class HostRuntime:
                 self._record_recovery(run, decision)
                 delay = max(delay, decision.delay_s)
                 if decision.action is Action.MIGRATE:
-                    done.append(Outcome(run.task, None, self._next_carry(run, decision)))
+                    done.append(Outcome(run.task, None, self._next_carry(run, decision), report.fault))
                     continue
                 if decision.action is Action.COMPRESS:
                     self._compress()

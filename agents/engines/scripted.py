@@ -11,6 +11,9 @@ benchmark tell a good recovery policy from a bad one:
 - oom (resource): out of memory until the agent's memory is compressed or it moves to another Host.
 - crash (transient): the engine fails; each retry clears it with probability 1/2, a new Host always.
 - permanent: never answers correctly.
+
+Its device is simulated by `EngineConfig.device`: whether it can sleep (a sleeping engine refuses
+to generate, so a pool that forgets to wake it fails loudly) and what pynvml would read per GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest, GenResult
+from agents.engines.gpumem import visible_gpu
 from agents.errors import EngineFault, FaultClass, GroundTruth
 from agents.models import GenerationParams, TaskKind
 
@@ -84,9 +88,12 @@ class ScriptedEngine:
         self.cfg = cfg
         self.rates = cfg.faults.model_dump()
         self._states: dict[str, bytes] = {}
+        self.asleep = False
 
     def generate(self, req: GenRequest) -> GenResult:
         started = time.perf_counter()
+        if self.asleep:
+            raise EngineFault(FaultClass.CRASH, "engine is asleep: wake_up() first")
         if self.cfg.step_cost_s:
             time.sleep(self.cfg.step_cost_s)
         fault = fault_of(self.cfg.seed, req.task_id, self.rates)
@@ -127,6 +134,22 @@ class ScriptedEngine:
     def load_state(self, agent_id: str, blob: bytes) -> bool:
         self._states[agent_id] = blob
         return True
+
+    def sleep(self) -> bool:
+        self.asleep = self.cfg.device.can_sleep
+        return self.asleep
+
+    def wake_up(self) -> bool:
+        woke, self.asleep = self.asleep, False
+        return woke
+
+    def measure(self) -> dict[str, Any]:
+        used = self.cfg.device.used_mib
+        if not used:
+            return {"available": False, "reason": "no GPU: VRAM is not measured"}
+        gpu = visible_gpu()  # one reading per device: every Host of the GPU returns the same id
+        return {"available": True, "source": "simulated", "id": f"sim-gpu-{gpu}",
+                "used_mib": float(used.get(gpu, 0))}
 
     def close(self) -> None:
         self._states.clear()

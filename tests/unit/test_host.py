@@ -6,9 +6,10 @@ import pytest
 
 from agents import codec
 from agents.config import EngineConfig, FaultRates, Settings, load_settings
+from agents.engines.base import GenRequest
 from agents.engines.scripted import ScriptedEngine, fault_of
-from agents.errors import StaleEpoch
-from agents.models import AgentRecord, AgentSpec, Task, TaskStatus
+from agents.errors import EngineFault, FaultClass, StaleEpoch
+from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskStatus
 from agents.state import AgentState
 from pool.checkpoint import CheckpointStore
 from pool.host import HostRuntime
@@ -148,3 +149,38 @@ def test_a_round_of_retries_backs_off_once_not_once_per_task(tmp_path: Path) -> 
     outcomes = host.run(_tasks(4), headroom=0.5)
     assert all(o.result.status is TaskStatus.SUCCEEDED for o in outcomes)
     assert len(waits) == 1 and 0 < waits[0] <= 0.05 * 1.5
+
+
+def test_memory_pressure_compresses_then_migrates_off_the_gpu(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, None)
+    # No fault injected: the ledger says the GPU is over its limit (a measured extra), so the
+    # answer is fine but the step is OOM; tier 2 compresses first, then hands the task back.
+    (outcome,) = host.run(_tasks(1), headroom=-0.05)
+    assert outcome.result is None and outcome.fault is FaultClass.OOM
+    assert outcome.carry.memory_compressed and outcome.carry.host_changed
+    assert outcome.carry.tiers == (2, 2)
+
+
+def test_engine_device_methods_and_their_fallbacks(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, None)
+    assert host.pause_engine() is False and host.wake_engine() is False  # cannot sleep: the pool parks
+    assert host.measure() == {"available": False, "reason": "no GPU: VRAM is not measured"}
+    assert host.engine_info() == {}
+
+    sim = EngineConfig(kind="scripted", device={"can_sleep": True, "used_mib": {0: 700}})
+    host.engine = ScriptedEngine(sim)
+    assert host.pause_engine() is True
+    with pytest.raises(EngineFault, match="asleep"):  # a pool that forgot to wake it fails loudly
+        host.engine.generate(GenRequest(agent_id="a1", task_id="t", system_prompt="", prompt="p",
+                                        params=GenerationParams()))
+    assert host.wake_engine() is True and host.wake_engine() is False
+    assert host.measure() == {"available": True, "source": "simulated", "id": "sim-gpu-0",
+                              "used_mib": 700.0}
+
+    class Bare:  # an engine with none of the optional methods: pynvml reads the Host's process
+        name = "bare"
+
+    host.engine = Bare()  # type: ignore[assignment]
+    reading = host.measure()
+    assert reading["available"] or reading["reason"]
+    assert host.pause_engine() is False
