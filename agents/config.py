@@ -104,6 +104,10 @@ class DeviceSim(Section):
         description="What a pynvml reading of GPU i would say the pool's processes use; "
         "empty: no reading, as on a machine without a GPU.",
     )
+    used_from_s: float = Field(
+        0.0, ge=0, description="Seconds after the engine starts before `used_mib` is read "
+        "(0 until then): memory pressure that arrives while agents are resident.",
+    )
 
 
 class EngineConfig(Section):

@@ -32,7 +32,8 @@ def engine_threads(settings: Settings, hosts_per_node: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, min(hosts_per_node, os.cpu_count() or 1)))
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+# `measure` has its own thread: a reading must not wait for the batch the Host is running.
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"device": 1})  # type: ignore[call-overload]
 class HostActor:
     def __init__(self, host_id: str, settings: Settings, store_root: str, threads: int) -> None:
         self.monitor = ray.get_actor(MONITOR_NAME, namespace=settings.pool.namespace)
@@ -75,6 +76,7 @@ class HostActor:
     def wake_engine(self) -> bool:
         return self.rt.wake_engine()
 
+    @ray.method(concurrency_group="device")
     def measure(self) -> dict[str, Any]:
         return self.rt.measure()
 

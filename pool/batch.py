@@ -228,6 +228,8 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("tokens/s", f"{s['tokens_per_s']:.1f}"), ("tasks/s", f"{s['tasks_per_s']:.1f}"),
         ("activations (p50 / p99)",
          f"{s['activations']} ({s['activation_p50_ms']:.1f} / {s['activation_p99_ms']:.1f} ms)"),
+        ("migrations (unavailable p50)",
+         f"{s['migrations']} ({s['migration_unavailable_p50_s']:.3f} s)"),
         ("peak residents per GPU", f"{s['peak_residents_per_gpu']} (cap {s['slots_per_gpu']})"),
         ("peak VRAM ledger", f"{s['peak_ledger_mib']:.0f} / {s['ledger_limit_mib']:.0f} MiB"),
         ("wall time", f"{s['wall_s']:.1f} s"),

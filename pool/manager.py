@@ -15,48 +15,45 @@ import contextlib
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnschedulableError, RayActorError, RayError
+from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agents.config import Settings
-from agents.errors import StaleEpoch, StorageError, UsageError
+from agents.errors import FaultClass, StaleEpoch, StorageError
 from agents.events import EventSink
 from agents.models import AgentRecord, AgentSpec, Task, TaskResult, TaskStatus
 from agents.state import AgentState
-from pool.actors import MONITOR_NAME, HostActor, MonitorActor, engine_threads
+from pool.actors import MONITOR_NAME, MonitorActor
 from pool.budget import Demand, Ledger, Resident, plan
 from pool.checkpoint import CheckpointStore
 from pool.host import Carry, Outcome
 from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
 from pool.registry import Registry
+from pool.slots import HOST_GONE, Slot, cause, create_hosts, place_on_gpus
+from pool.vram import VramControl
 
 Item = tuple[Task, Carry | None]
-# a Host that died, or cannot restart because its node is gone (hard node affinity)
-HOST_GONE = (RayActorError, ActorUnschedulableError)
 
 
-class Slot:
-    """A warm Host and what it holds."""
+@dataclass(frozen=True, slots=True)
+class Move:
+    """An agent on its way from one Host to another: unavailable until it is bound again."""
 
-    __slots__ = ("handle", "host_id", "gpu", "agent", "busy", "lost", "dead")
-
-    def __init__(self, handle: Any, host_id: str, gpu: int) -> None:
-        self.handle = handle
-        self.host_id = host_id
-        self.gpu = gpu
-        self.agent: str | None = None
-        self.busy = False  # a call (run, park, bind) is in flight
-        self.lost = 0  # times this Host died under an agent
-        self.dead = False  # its node is gone: the Host can never restart there
+    src_host: str
+    src_gpu: int
+    since: float  # time.monotonic() when it stopped serving at src_host
+    why: str
+    off_gpu: bool  # memory pressure: it should land on another GPU
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
-class PoolManager:
+class PoolManager(VramControl):
     def __init__(self, settings: Settings, store_root: str) -> None:
         self.settings = settings
         self.cfg = settings.pool
@@ -73,6 +70,8 @@ class PoolManager:
         self.exclude: dict[str, str] = {}  # agent_id -> Host it must not return to (migration)
         self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it
         self.reviving: set[str] = set()  # lost Hosts not yet answering again: no agent goes there
+        self.moving: dict[str, Move] = {}  # agents migrating, until bound on their new Host
+        self.paused: dict[int, str] = {}  # gpu -> how it was given back (`pause`)
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]
             name=MONITOR_NAME, namespace=self.cfg.namespace, lifetime="detached",
             get_if_exists=True, scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -80,42 +79,24 @@ class PoolManager:
         ).remote(settings)
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._peak: dict[int, tuple[int, float]] = {}
         self.boot = uuid.uuid4().hex  # a restarted manager starts empty: the driver feeds it again
 
     # -- setup ----------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
         if not self.slots:
-            self.slots = self._create_hosts()
+            self.slots, self.ledger = create_hosts(self.settings, self.store_root)
             infos = await asyncio.gather(*(s.handle.info.remote() for s in self.slots))
+            place_on_gpus(self.slots, infos)
             self.events.emit("pool.started", hosts=len(self.slots), gpus=self.ledger.num_gpus,
                              nodes=len({i["node"] for i in infos}))
         if self._loop is None:
-            self._loop = asyncio.get_running_loop().create_task(self._run_loop())
+            loop = asyncio.get_running_loop()
+            self._loop = loop.create_task(self._run_loop())
+            self._background = [loop.create_task(self._learn_base()),
+                                loop.create_task(self._reconcile_loop())]
         return {"hosts": len(self.slots), "gpus": self.ledger.num_gpus}
-
-    def _create_hosts(self) -> list[Slot]:
-        alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
-        nodes = [n for n in alive if n["Resources"].get("GPU", 0) >= 1]
-        if not nodes:
-            raise UsageError("the Ray cluster has no GPU resources; start Ray with num_gpus >= 1")
-        slots: list[Slot] = []
-        k = self.cfg.slots_per_gpu
-        for node in nodes:
-            node_id, gpus = node["NodeID"], int(node["Resources"]["GPU"])
-            threads = engine_threads(self.settings, gpus * k)
-            for g in range(gpus):
-                for i in range(k):
-                    host_id = f"host-{node_id[:8]}-{g}-{i}"
-                    options = HostActor.options(  # type: ignore[attr-defined]
-                        name=host_id, namespace=self.cfg.namespace, num_gpus=1 / k,
-                        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                    )
-                    handle = _spawn(options, host_id, self.settings, self.store_root, threads)
-                    slots.append(Slot(handle, host_id, len(slots) // k))
-        self.ledger = Ledger(self.cfg.budget_mib, self.cfg.watermark, self.cfg.engine_base_mib,
-                             len(slots) // k, k)
-        return slots
 
     async def register(self, specs: list[AgentSpec]) -> int:
         """Add agents; new ones get an initial durable checkpoint. Returns how many were new."""
@@ -163,9 +144,11 @@ class PoolManager:
                 self._wake.set()
 
     async def _schedule(self) -> None:
+        if self.paused:  # the GPUs are given back: work waits for `resume`
+            return
         free = sum(1 for s in self.slots if not s.busy)
         demands = self.registry.next_demands(max(1, free))
-        if demands:
+        if demands or self._over_limit():
             await self._apply(self._plan(demands))
         for slot in self.slots:
             if slot.agent and not slot.busy and self.queues.get(slot.agent):
@@ -179,12 +162,24 @@ class PoolManager:
             for s in self.slots if s.agent
         ] + [Resident(f"<dead {s.host_id}>", s.gpu, 9, 0.0, 0, True, False)  # never placed on
              for s in self.slots if s.dead or (s.agent is None and s.host_id in self.reviving)]
-        wanted = [Demand(a, self.registry.get(a).priority, self.cfg.agent_kv_mib) for a in demands]
+        wanted = [Demand(a, self.registry.get(a).priority, self.cfg.agent_kv_mib,
+                         m.src_gpu if (m := self.moving.get(a)) and m.off_gpu else None)
+                  for a in demands]
         return plan(residents, wanted, self.ledger)
 
     async def _apply(self, p: Any) -> None:
         by_agent = {s.agent: s for s in self.slots if s.agent}
-        await asyncio.gather(*(self._park(by_agent[a]) for a in p.park))
+        for a in p.shed:
+            src = by_agent[a]
+            why = (f"memory pressure: gpu {src.gpu} holds {self.ledger.extra(src.gpu)} MiB "
+                   f"more than the ledger accounts for")
+            if self.queues.get(a):  # it has work: it moves to another GPU
+                self.moving[a] = Move(src.host_id, src.gpu, time.monotonic(), why, off_gpu=True)
+            # The reading stands until the next one says the parked agent's memory is free.
+            extra = self.ledger.extra(src.gpu) + self.cfg.agent_kv_mib
+            self.ledger = self.ledger.with_extra(src.gpu, extra)
+        await asyncio.gather(*(self._park(by_agent[a], why="memory pressure" if a in p.shed else "")
+                               for a in p.park))
         binds = []
         for placement in p.activate:
             slot = self._free_slot(placement.agent_id, placement.gpu)
@@ -202,7 +197,7 @@ class PoolManager:
         choice = preferred or free
         return choice[0] if choice else None
 
-    async def _park(self, slot: Slot) -> None:
+    async def _park(self, slot: Slot, why: str = "") -> None:
         agent_id = slot.agent
         assert agent_id is not None
         slot.busy, kept = True, False
@@ -212,13 +207,14 @@ class PoolManager:
             entry.hot = ray.put(blob)
             entry.host = None
             self.registry.set_state(agent_id, AgentState.DORMANT)
-            self.events.emit("pool.parked", agent_id=agent_id, host=slot.host_id)
+            self.events.emit("pool.parked", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
+                             why=why or "room for another agent")
             self.metrics.count("parks")
         except HOST_GONE:
             self._host_lost(slot, [])
         except RayError as exc:  # a full disk, say: the agent stays resident, its last commit intact
             self.events.emit("pool.park_failed", agent_id=agent_id, host=slot.host_id,
-                             reason=_cause(exc))
+                             reason=cause(exc))
             kept = True
         finally:
             slot.agent = None if slot.agent == agent_id and not kept else slot.agent
@@ -243,7 +239,7 @@ class PoolManager:
             self._host_lost(slot, [])
             return
         except RayError as exc:
-            self._agent_failed(slot, agent_id, f"activation failed: {_cause(exc)}")
+            self._agent_failed(slot, agent_id, f"activation failed: {cause(exc)}")
             return
         finally:
             slot.busy = False
@@ -254,6 +250,12 @@ class PoolManager:
                          epoch=entry.epoch, latency_s=round(time.perf_counter() - started, 6),
                          kv_restored=info["kv_restored"], tier=info["tier"])
         self.metrics.count("activations")
+        move = self.moving.pop(agent_id, None)
+        if move is not None:
+            self.events.emit("pool.migrated", agent_id=agent_id, src_host=move.src_host,
+                             src_gpu=move.src_gpu, dst_host=slot.host_id, dst_gpu=slot.gpu,
+                             why=move.why, unavailable_s=round(time.monotonic() - move.since, 6))
+            self.metrics.count("migrations")
         if entry.state is AgentState.FAILED:
             self._agent_failed(slot, agent_id, "agent was FAILED in its checkpoint")
         self._wake.set()
@@ -279,6 +281,11 @@ class PoolManager:
         ref = slot.handle.run.options(name=f"{slot.agent}.run").remote(batch, headroom)
         asyncio.get_running_loop().create_task(self._collect(slot, slot.agent, batch, ref))
 
+    def _over_limit(self) -> bool:
+        """A GPU holds more than its limit (a reconciliation found memory the ledger missed)."""
+        return any(self.ledger.used(self._residents_on(g), g) > self.ledger.limit_mib
+                   for g in range(self.ledger.num_gpus))
+
     def _residents_on(self, gpu: int) -> list[Resident]:
         return [Resident(s.agent, s.gpu, 0, 0.0, self.cfg.agent_kv_mib, s.busy, False)
                 for s in self.slots if s.agent and s.gpu == gpu]
@@ -298,7 +305,7 @@ class PoolManager:
             if isinstance(getattr(exc, "cause", None), StaleEpoch):  # a zombie: the agent lives on elsewhere
                 self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id)
             else:
-                self._agent_failed(slot, agent_id, f"host error: {_cause(exc)}", batch)
+                self._agent_failed(slot, agent_id, f"host error: {cause(exc)}", batch)
         else:
             self._fold(slot, agent_id, outcomes)
         finally:
@@ -321,6 +328,8 @@ class PoolManager:
             entry.host, entry.hot = None, None
             self.registry.set_state(agent_id, AgentState.DORMANT)
             self.exclude[agent_id] = slot.host_id
+            self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(),
+                                         "its Host stalled", False)
             for item in reversed(batch):
                 self._enqueue(agent_id, item, front=True)
         self._wake.set()
@@ -328,7 +337,7 @@ class PoolManager:
             await late
             error = ""
         except RayError as exc:
-            error = _cause(exc)
+            error = cause(exc)
         self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id, error=error)
         with contextlib.suppress(RayError):
             await slot.handle.release.remote()
@@ -363,10 +372,13 @@ class PoolManager:
             self._enqueue(agent_id, (o.task, o.carry), front=True)
         if migrate:
             self.exclude[agent_id] = slot.host_id
-            self.events.emit("pool.migrating", agent_id=agent_id, src=slot.host_id,
-                             tasks=len(migrate))
-            self.metrics.count("migrations")
-            asyncio.get_running_loop().create_task(self._park(slot))
+            faults = sorted({o.fault.value for o in migrate})
+            off_gpu = FaultClass.OOM.value in faults and self.ledger.num_gpus > 1
+            why = f"tier 2: {', '.join(faults)}" + (" (memory pressure: off its GPU)" if off_gpu else "")
+            self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(), why, off_gpu)
+            self.events.emit("pool.migrating", agent_id=agent_id, src=slot.host_id, gpu=slot.gpu,
+                             tasks=len(migrate), why=why)
+            asyncio.get_running_loop().create_task(self._park(slot, why=why))
 
     def _host_lost(self, slot: Slot, batch: list[Item]) -> None:
         """The Host process died: its agent falls back to its committed checkpoint."""
@@ -389,6 +401,7 @@ class PoolManager:
         self.registry.set_state(agent_id, AgentState.DORMANT)
         self.crashes[agent_id] = self.crashes.get(agent_id, 0) + 1
         self.exclude[agent_id] = slot.host_id  # restore it on another Host where one is free
+        self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(), "its Host died", False)
         if self.crashes[agent_id] > self.settings.recovery.intensity:
             reason = f"its Host died {self.crashes[agent_id]} times in a row"
             with contextlib.suppress(StorageError):  # a poison checkpoint: keep it for a person
@@ -415,11 +428,11 @@ class PoolManager:
     def _check_node(self, slot: Slot) -> None:
         """A Host whose node died can never restart there: retire all the Hosts of that node
         and send their resident agents back to DORMANT, to be activated on the live nodes."""
-        node = slot.host_id.split("-")[1]
+        node = slot.node
         alive = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
         if slot.dead or node in alive:
             return
-        gone = [s for s in self.slots if s.host_id.split("-")[1] == node]
+        gone = [s for s in self.slots if s.node == node]
         for s in gone:
             s.dead = True
         self.events.emit("pool.node_lost", node=node, hosts=len(gone),
@@ -437,6 +450,7 @@ class PoolManager:
             slot.handle.release.remote()
         entry = self.registry.get(agent_id)
         entry.host, entry.hot = None, None
+        self.moving.pop(agent_id, None)
         self.registry.unwant(agent_id)
         self.registry.set_state(agent_id, AgentState.FAILED)
         self.monitor.mark_failed.remote(agent_id, reason)
@@ -477,7 +491,9 @@ class PoolManager:
             "agents": len(self.registry), "by_state": self.registry.counts(),
             "hosts": hosts, "queued": self._queued(), "waiting_agents": self.registry.waiting(),
             "ledger": [{"gpu": g, "used_mib": self.ledger.used(self._residents_on(g), g),
-                        "limit_mib": self.ledger.limit_mib, "budget_mib": self.ledger.budget_mib}
+                        "extra_mib": self.ledger.extra(g), "base_mib": self.ledger.base_mib,
+                        "limit_mib": self.ledger.limit_mib, "budget_mib": self.ledger.budget_mib,
+                        "paused": self.paused.get(g)}
                        for g in range(self.ledger.num_gpus)],
         }
 
@@ -535,19 +551,3 @@ class PoolManager:
         self.events.emit("agent.released", agent_id=agent_id)
         return True
 
-
-def _spawn(options: Any, host_id: str, *args: Any) -> Any:
-    """A new Host. After a manager restart, the dead manager's Host (its name) dies with a lag."""
-    for _ in range(300):
-        try:
-            return options.remote(host_id, *args)
-        except ValueError:  # ActorAlreadyExistsError: the old Host is still being torn down
-            time.sleep(0.1)
-    raise UsageError(f"Host name {host_id} stays taken: is another pool running in this namespace?")
-
-
-def _cause(exc: BaseException) -> str:
-    """The innermost error's one-line message."""
-    cause = getattr(exc, "cause", None) or exc
-    text = f"{type(cause).__name__}: {cause}"
-    return text.splitlines()[0][:300] if text else type(exc).__name__

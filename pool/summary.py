@@ -26,9 +26,12 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
     tokens = sum(r["tokens"] for r in rows)
     activations, peak_residents, peak_used, limit, slots = [], 0, 0.0, 0.0, 0
     prompt_tokens = cached_tokens = 0
+    unavailable: list[float] = []  # per migration: from leaving its Host to bound on the next
     for e in events:
         if e.get("event") == "pool.activated":
             activations.append(e["latency_s"])
+        elif e.get("event") == "pool.migrated":
+            unavailable.append(e["unavailable_s"])
         elif e.get("event") == "pool.residency":
             peak_residents = max(peak_residents, e["residents"])
             peak_used = max(peak_used, e["used_mib"])
@@ -53,6 +56,8 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
         "activations": len(activations),
         "activation_p50_ms": 1000 * percentile(activations, 50),
         "activation_p99_ms": 1000 * percentile(activations, 99),
+        "migrations": len(unavailable),
+        "migration_unavailable_p50_s": percentile(unavailable, 50),
         "peak_residents_per_gpu": peak_residents,
         "slots_per_gpu": slots,
         "peak_ledger_mib": peak_used,

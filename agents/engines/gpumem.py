@@ -2,8 +2,10 @@
 
 A reading is a dict: `available` (False with a `reason` where there is no GPU, no driver or no
 pynvml), `used_mib` (what the pool's processes hold on the device: the reading process and its
-children), `device_used_mib` and `device_total_mib` (the whole card), `source` and `id` (which
-reading this is: Hosts that share one engine return the same id, and the pool counts it once).
+children), `device_used_mib` and `device_total_mib` (the whole card), `source`, `id` (which
+reading this is: Hosts that share one engine return the same id, and the pool counts it once) and
+`scope`: "gpu" when the reading covers everything the pool holds on the GPU (a shared engine's
+processes), "process" when it covers one Host (the pool sums every Host's).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def nvml_reading(pid: int | None = None) -> dict[str, Any]:
         procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
         ours = {pid} | _children(pid)
         mine = sum(p.usedGpuMemory or 0 for p in procs if p.pid in ours)
-        return {"available": True, "source": "pynvml", "id": f"pid-{pid}", "used_mib": mine / MIB,
+        return {"available": True, "source": "pynvml", "id": f"pid-{pid}", "scope": "process",
+                "used_mib": mine / MIB,
                 "device_used_mib": mem.used / MIB, "device_total_mib": mem.total / MIB}
     except pynvml.NVMLError as exc:
         return {"available": False, "reason": f"pynvml: {exc}"}

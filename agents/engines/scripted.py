@@ -89,6 +89,7 @@ class ScriptedEngine:
         self.rates = cfg.faults.model_dump()
         self._states: dict[str, bytes] = {}
         self.asleep = False
+        self._born = time.monotonic()
 
     def generate(self, req: GenRequest) -> GenResult:
         started = time.perf_counter()
@@ -148,8 +149,9 @@ class ScriptedEngine:
         if not used:
             return {"available": False, "reason": "no GPU: VRAM is not measured"}
         gpu = visible_gpu()  # one reading per device: every Host of the GPU returns the same id
-        return {"available": True, "source": "simulated", "id": f"sim-gpu-{gpu}",
-                "used_mib": float(used.get(gpu, 0))}
+        arrived = time.monotonic() - self._born >= self.cfg.device.used_from_s
+        return {"available": True, "source": "simulated", "id": f"sim-gpu-{gpu}", "scope": "gpu",
+                "used_mib": float(used.get(gpu, 0)) if arrived else 0.0}
 
     def close(self) -> None:
         self._states.clear()

@@ -301,7 +301,8 @@ class VllmCore:
         """pynvml's reading of the engine's processes on its GPU (the ledger reconciles)."""
         if not self.cuda:
             return {"available": False, "reason": "no CUDA device: VRAM is not measured"}
-        return nvml_reading()
+        # The Hosts of the GPU hold no VRAM of their own; vLLM reserves its memory up front.
+        return {**nvml_reading(), "scope": "gpu", "reserved_mib": self.base["reserved_mib"]}
 
     def info(self) -> dict[str, Any]:
         return {"model": Path(self.model_path).name, "can_sleep": self.cuda, "asleep": self.asleep,

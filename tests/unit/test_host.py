@@ -175,7 +175,7 @@ def test_engine_device_methods_and_their_fallbacks(tmp_path: Path) -> None:
                                         params=GenerationParams()))
     assert host.wake_engine() is True and host.wake_engine() is False
     assert host.measure() == {"available": True, "source": "simulated", "id": "sim-gpu-0",
-                              "used_mib": 700.0}
+                              "scope": "gpu", "used_mib": 700.0}
 
     class Bare:  # an engine with none of the optional methods: pynvml reads the Host's process
         name = "bare"

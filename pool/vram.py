@@ -1,0 +1,181 @@
+"""The PoolManager's side of the GPU: the engine base in the ledger, reconciliation of the
+ledger with pynvml, and pausing (engine sleep, else parking every resident).
+
+A mixin of `pool.manager.PoolManager` (its state is the manager's): the ledger starts from the
+configured engine base and takes the engine's own figure (`base_mib` of its `info()`, the vLLM
+weights) once the engine reports it. Every `reconcile_s` seconds each GPU's Hosts read the device
+(`measure()`: the shared engine's reading, else pynvml of the Host process); what the pool was
+measured to hold beyond what the ledger accounts for (beyond the reservation, for an engine that
+reserves up front) becomes the GPU's `extra_mib`, so the planner sheds residents of a GPU over its
+limit and the Hosts there see no headroom (tier 2: compress, then migrate off the GPU). A reading
+stands until the next one: memory freed by shedding counts once a reading shows it. Without a
+GPU the first round logs `pool.vram_unmeasured` with the reason and reconciliation stops; that
+is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import replace
+from typing import Any
+
+from ray.exceptions import RayError
+
+from agents.config import PoolConfig
+from agents.engines.gpumem import total_used
+from agents.errors import UsageError
+from agents.events import EventSink
+from pool.budget import Ledger, Resident
+from pool.slots import Slot, cause
+
+MEASURE_TIMEOUT_S = 10.0
+
+
+class VramControl:
+    cfg: PoolConfig
+    slots: list[Slot]
+    ledger: Ledger
+    events: EventSink
+    reviving: set[str]
+    paused: dict[int, str]  # gpu -> "slept" | "parked" while the pool has given the GPU back
+    _wake: asyncio.Event
+
+    def _residents_on(self, gpu: int) -> list[Resident]:
+        raise NotImplementedError
+
+    async def _park(self, slot: Slot, why: str = "") -> None:
+        raise NotImplementedError
+
+    def _live(self, gpu: int) -> list[Slot]:
+        return [s for s in self.slots if s.gpu == gpu and not s.dead and s.host_id not in self.reviving]
+
+    # -- the engine base -----------------------------------------------------------------
+    async def _learn_base(self) -> None:
+        """Enter the engine's own base footprint (when it reports one) into the ledger."""
+        firsts = [live[0] for g in range(self.ledger.num_gpus) if (live := self._live(g))]
+        infos = await asyncio.gather(*(s.handle.engine_info.remote() for s in firsts),
+                                     return_exceptions=True)
+        reported = [int(i["base_mib"]) for i in infos if isinstance(i, dict) and "base_mib" in i]
+        if not reported:
+            return  # the engine says nothing: the configured base stands
+        base = max(reported)
+        configured = self.ledger.base_mib
+        if base + self.cfg.agent_kv_mib > self.ledger.limit_mib:
+            self.events.emit("pool.engine_base_too_large", reported_mib=base,
+                             limit_mib=self.ledger.limit_mib, kept_mib=configured)
+            return
+        self.ledger = replace(self.ledger, base_mib=base)
+        self.events.emit("pool.engine_base", configured_mib=configured, reported_mib=base)
+        self._wake.set()
+
+    # -- reconciliation with the device -----------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        if self.cfg.reconcile_s <= 0:
+            return
+        while True:
+            try:
+                if not await self.reconcile():
+                    return
+            except Exception as exc:  # keep reconciling; the event says what broke
+                self.events.emit("pool.reconcile_error", error=repr(exc)[:300])
+            await asyncio.sleep(self.cfg.reconcile_s)
+
+    async def reconcile(self) -> bool:
+        """One round over the GPUs; False when there is nothing to measure (no GPU)."""
+        unmeasured: list[str] = []
+        for gpu in range(self.ledger.num_gpus):
+            if gpu in self.paused:
+                continue
+            reason = await self._reconcile_gpu(gpu)
+            if reason:
+                unmeasured.append(reason)
+        if unmeasured and len(unmeasured) == self.ledger.num_gpus:
+            self.events.emit("pool.vram_unmeasured", reason=unmeasured[0],
+                             note="the ledger is not reconciled with a device reading")
+            return False
+        return True
+
+    async def _reconcile_gpu(self, gpu: int) -> str:
+        """Reconcile one GPU; returns why it has no reading ("" when it has one)."""
+        hosts = self._live(gpu)
+        if not hosts:
+            return ""
+        got = await asyncio.gather(
+            *(asyncio.wait_for(_future(s.handle.measure.remote()), MEASURE_TIMEOUT_S) for s in hosts),
+            return_exceptions=True)
+        readings = [r if isinstance(r, dict) else {"available": False, "reason": cause(r)} for r in got]
+        if not any(r.get("available") for r in readings):
+            return str(readings[0].get("reason", "no reading"))
+        whole = [r for r in readings if r.get("available") and r.get("scope") == "gpu"]
+        used = total_used(whole[:1] or readings)  # per-process readings: every Host must answer
+        if used is None:
+            return ""
+        accounted = self.ledger.accounted(self._residents_on(gpu), gpu)
+        # An engine that reserves its memory up front (vLLM) is measured against its
+        # reservation, which the ledger divides among the residents; others against the ledger.
+        reserved = next((r["reserved_mib"] for r in whole if r.get("reserved_mib")), None)
+        expected = float(reserved) if reserved else float(accounted)
+        self.ledger = self.ledger.with_extra(gpu, round(used - expected))
+        self.events.emit("pool.vram_reconciled", gpu=gpu, ledger_mib=accounted,
+                         expected_mib=round(expected), measured_mib=round(used),
+                         diff_mib=round(used - expected), extra_mib=self.ledger.extra(gpu),
+                         reading=readings[0].get("source"))
+        if self.ledger.used(self._residents_on(gpu), gpu) > self.ledger.limit_mib:
+            self._wake.set()  # the next pass sheds residents of this GPU
+        return ""
+
+    # -- giving the GPU back -------------------------------------------------------------
+    async def pause(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Give every GPU back: its engine sleeps where it can (vLLM on CUDA), else every
+        resident is parked (checkpoint committed, bytes in the hot tier). Queued and new tasks
+        wait until `resume()`. Waits for in-flight calls to end first."""
+        started = time.perf_counter()
+        for gpu in range(self.ledger.num_gpus):
+            self.paused.setdefault(gpu, "pausing")
+        deadline = time.monotonic() + timeout_s
+        while any(s.busy for s in self.slots):
+            if time.monotonic() > deadline:
+                busy = sum(s.busy for s in self.slots)
+                self.paused.clear()
+                self._wake.set()
+                raise UsageError(f"pause: {busy} Hosts still busy after {timeout_s:.0f} s; try again")
+            await asyncio.sleep(0.05)
+        out = await asyncio.gather(*(self._pause_gpu(g) for g in range(self.ledger.num_gpus)))
+        return {"gpus": list(out), "elapsed_s": round(time.perf_counter() - started, 3)}
+
+    async def _pause_gpu(self, gpu: int) -> dict[str, Any]:
+        if self.paused.get(gpu) in ("slept", "parked"):
+            return {"gpu": gpu, "mode": self.paused[gpu], "parked": 0}
+        hosts = self._live(gpu)
+        slept = await asyncio.gather(*(s.handle.pause_engine.remote() for s in hosts),
+                                     return_exceptions=True)
+        parked = 0
+        if hosts and all(x is True for x in slept):
+            mode = "slept"
+        else:  # the engine cannot sleep: free the GPU by parking its residents
+            mode = "parked"
+            await asyncio.gather(*(s.handle.wake_engine.remote() for s, x in zip(hosts, slept, strict=True)
+                                   if x is True), return_exceptions=True)
+            residents = [s for s in hosts if s.agent]
+            await asyncio.gather(*(self._park(s, why="pause: the engine cannot sleep") for s in residents))
+            parked = len(residents)
+        self.paused[gpu] = mode
+        self.events.emit("pool.paused", gpu=gpu, mode=mode, parked=parked)
+        return {"gpu": gpu, "mode": mode, "parked": parked}
+
+    async def resume(self) -> dict[str, Any]:
+        """Take the GPUs again: wake sleeping engines; parked agents come back as work needs."""
+        woken = [g for g, mode in self.paused.items() if mode == "slept"]
+        for gpu in woken:
+            with contextlib.suppress(RayError):
+                await asyncio.gather(*(s.handle.wake_engine.remote() for s in self._live(gpu)))
+        self.paused.clear()
+        self.events.emit("pool.resumed", woken=woken)
+        self._wake.set()
+        return {"woken": woken}
+
+
+def _future(ref: Any) -> Any:
+    return asyncio.wrap_future(ref.future())
