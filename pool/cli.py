@@ -175,6 +175,46 @@ def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespac
     _guard(go)
 
 
+@main.command(help="Give the pool's GPUs back: each engine sleeps where it can (vLLM on CUDA), "
+                   "else every resident agent is checkpointed and parked. Tasks wait until "
+                   "`selfheal resume`.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to wait for running batches to end first.")
+@_ADDRESS
+@_NAMESPACE
+def pause(timeout_s: float, address: str | None, namespace: str) -> None:
+    import ray
+
+    from pool import ops
+
+    def go() -> None:
+        manager, _ = ops.attach(address, namespace)
+        got = ray.get(manager.pause.remote(timeout_s), timeout=timeout_s + 120)
+        for g in got["gpus"]:
+            how = "engine asleep" if g["mode"] == "slept" else f"{g['parked']} agents parked"
+            click.echo(f"gpu {g['gpu']}: {how}")
+        click.echo(f"paused in {got['elapsed_s']:.2f} s; `selfheal resume` takes the GPUs again")
+
+    _guard(go)
+
+
+@main.command(help="Take the GPUs again after `selfheal pause`: sleeping engines wake up and "
+                   "queued tasks run.")
+@_ADDRESS
+@_NAMESPACE
+def resume(address: str | None, namespace: str) -> None:
+    import ray
+
+    from pool import ops
+
+    def go() -> None:
+        manager, _ = ops.attach(address, namespace)
+        got = ray.get(manager.resume.remote(), timeout=120)
+        click.echo(f"resumed; engines woken on gpus {got['woken']}" if got["woken"] else "resumed")
+
+    _guard(go)
+
+
 @main.command(help="One agent: state, checkpoint versions, last health reports and history.")
 @click.argument("agent_id")
 @_ADDRESS

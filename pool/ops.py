@@ -115,12 +115,14 @@ def status_view(s: dict[str, Any]) -> Group:
     for state, n in s["by_state"].items():
         states.add_row(state, str(n))
     gpus = Table(title="VRAM ledger")
-    for col in ("gpu", "residents", "used / limit MiB", "budget MiB"):
+    for col in ("gpu", "residents", "used / limit MiB", "engine base", "measured extra",
+                "budget MiB", "paused"):
         gpus.add_column(col, justify="right")
     for g in s["ledger"]:
         residents = sum(1 for h in s["hosts"] if h["gpu"] == g["gpu"] and h["agent"])
         gpus.add_row(str(g["gpu"]), str(residents), f"{g['used_mib']:.0f} / {g['limit_mib']:.0f}",
-                     f"{g['budget_mib']:.0f}")
+                     str(g["base_mib"]), str(g["extra_mib"] or ""), f"{g['budget_mib']:.0f}",
+                     g["paused"] or "")
     hosts = Table(title=f"Hosts ({len(s['hosts'])})")
     for col in ("host", "gpu", "agent", "busy", "health", "lost"):
         hosts.add_column(col)

@@ -105,7 +105,8 @@ class VramControl:
         got = await asyncio.gather(
             *(asyncio.wait_for(_future(s.handle.measure.remote()), MEASURE_TIMEOUT_S) for s in hosts),
             return_exceptions=True)
-        readings = [r if isinstance(r, dict) else {"available": False, "reason": cause(r)} for r in got]
+        readings: list[dict[str, Any]] = [
+            r if isinstance(r, dict) else {"available": False, "reason": cause(r)} for r in got]
         if not any(r.get("available") for r in readings):
             return str(readings[0].get("reason", "no reading"))
         whole = [r for r in readings if r.get("available") and r.get("scope") == "gpu"]
@@ -115,8 +116,8 @@ class VramControl:
         accounted = self.ledger.accounted(self._residents_on(gpu), gpu)
         # An engine that reserves its memory up front (vLLM) is measured against its
         # reservation, which the ledger divides among the residents; others against the ledger.
-        reserved = next((r["reserved_mib"] for r in whole if r.get("reserved_mib")), None)
-        expected = float(reserved) if reserved else float(accounted)
+        reserved = next((float(r["reserved_mib"]) for r in whole if r.get("reserved_mib")), None)
+        expected = reserved or float(accounted)
         self.ledger = self.ledger.with_extra(gpu, round(used - expected))
         self.events.emit("pool.vram_reconciled", gpu=gpu, ledger_mib=accounted,
                          expected_mib=round(expected), measured_mib=round(used),

@@ -170,3 +170,14 @@ def test_failed_inspect_retry(pool: dict) -> None:
     assert all(f"{a}: released" in out for a in rest)
     assert json.loads(_cli("failed", "--json"))["agents"] == []
     assert CliRunner().invoke(main, ["inspect", "nobody"]).exit_code == 2
+
+
+def test_pause_parks_when_the_engine_cannot_sleep_and_resume_takes_the_gpu_again(pool: dict) -> None:
+    out = _cli("pause")
+    assert "gpu 0:" in out and "agents parked" in out and "selfheal resume" in out, out
+    data = json.loads(_cli("status", "--json"))
+    assert data["ledger"][0]["paused"] == "parked"
+    assert not any(h["agent"] for h in data["hosts"])
+    assert "parked" in _cli("status")
+    assert "resumed" in _cli("resume")
+    assert json.loads(_cli("status", "--json"))["ledger"][0]["paused"] is None
