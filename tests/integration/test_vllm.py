@@ -222,3 +222,42 @@ def test_host_heals_after_losing_its_engine(vllm_ray: None, engine: Any, tmp_pat
     untouched = outcomes[0].result
     assert untouched is not None and untouched.status == "succeeded" and 2 not in untouched.tiers
     assert ray.get_actor(name, namespace=NS)._actor_id != old_id  # a new engine serves the GPU
+
+
+def test_the_pool_enters_the_engine_base_into_its_ledger_and_parks_on_pause(
+    vllm_ray: None, engine: Any, tmp_path: Path
+) -> None:
+    """The PoolManager over the shared engine: its ledger takes the engine's own base (the
+    weights) in place of the configured one; without CUDA the engine cannot sleep, so a pause
+    parks the residents, and without a GPU reading reconciliation stops with one event."""
+    from pool.batch import fresh_manager
+
+    settings = Settings(engine=CFG, pool=POOL.model_copy(update={"slots_per_gpu": 2, "reconcile_s": 1.0}))
+    manager = fresh_manager(settings, tmp_path / "ckpt")
+    ray.get(manager.start.remote())
+    ray.get(manager.register.remote([AgentSpec(agent_id=f"agent-p{i}", system_prompt=PERSONA)
+                                     for i in range(2)]))
+    ask = "What is the capital of France? Answer with one word."
+    ray.get(manager.submit.remote([(Task(task_id=f"pool-{i}", agent_id=f"agent-p{i}", prompt=ask,
+                                         max_tokens=16), None) for i in range(2)]))
+    events: list[dict[str, Any]] = []
+    results: list[Any] = []
+    end = time.monotonic() + 900
+    while len(results) < 2 and time.monotonic() < end:
+        got = ray.get(manager.drain.remote())
+        events += got["events"]
+        results += got["results"]
+        time.sleep(0.5)
+    assert sorted(r.status.value for r in results) == ["succeeded", "succeeded"], results
+    base = [e for e in events if e["event"] == "pool.engine_base"]
+    stats = engine_stats(NS)
+    assert base and base[0]["reported_mib"] == stats[0]["base_mib"] > 0
+    assert base[0]["configured_mib"] == settings.pool.engine_base_mib
+    assert ray.get(manager.status.remote())["ledger"][0]["base_mib"] == stats[0]["base_mib"]
+    assert [e["reason"] for e in events if e["event"] == "pool.vram_unmeasured"] == [
+        "no CUDA device: VRAM is not measured"]
+
+    paused = ray.get(manager.pause.remote())
+    assert paused["gpus"][0]["mode"] == "parked" and paused["gpus"][0]["parked"] == 2
+    ray.get(manager.resume.remote())
+    ray.kill(manager, no_restart=True)
