@@ -175,9 +175,6 @@ class PoolManager(VramControl):
                    f"more than the ledger accounts for")
             if self.queues.get(a):  # it has work: it moves to another GPU
                 self.moving[a] = Move(src.host_id, src.gpu, time.monotonic(), why, off_gpu=True)
-            # The reading stands until the next one says the parked agent's memory is free.
-            extra = self.ledger.extra(src.gpu) + self.cfg.agent_kv_mib
-            self.ledger = self.ledger.with_extra(src.gpu, extra)
         await asyncio.gather(*(self._park(by_agent[a], why="memory pressure" if a in p.shed else "")
                                for a in p.park))
         binds = []
@@ -201,8 +198,12 @@ class PoolManager(VramControl):
         agent_id = slot.agent
         assert agent_id is not None
         slot.busy, kept = True, False
+        pressed = self.ledger.used(self._residents_on(slot.gpu), slot.gpu) > self.ledger.limit_mib
         try:
             blob = await slot.handle.park.remote()
+            if pressed:  # the GPU's reading stands until the next says this memory is free
+                extra = self.ledger.extra(slot.gpu) + self.cfg.agent_kv_mib
+                self.ledger = self.ledger.with_extra(slot.gpu, extra)
             entry = self.registry.get(agent_id)
             entry.hot = ray.put(blob)
             entry.host = None

@@ -110,7 +110,7 @@ class VramControl:
         if not any(r.get("available") for r in readings):
             return str(readings[0].get("reason", "no reading"))
         whole = [r for r in readings if r.get("available") and r.get("scope") == "gpu"]
-        used = total_used(whole[:1] or readings)  # per-process readings: every Host must answer
+        used = total_used(whole or readings)  # per-process readings: every Host must answer
         if used is None:
             return ""
         accounted = self.ledger.accounted(self._residents_on(gpu), gpu)

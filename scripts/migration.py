@@ -8,9 +8,10 @@ compress, then migrate). Every move is a `pool.migrated` event (from, to, why) w
 `unavailable_s` runs from the moment the agent stopped serving on its old Host to the moment it is
 bound on the new one (its checkpoint committed, hot-tier bytes or disk, a warm Host).
 
-Side by side, in the same run, what a Ray user would otherwise do to move an agent: kill its
-actor and start a new one on the other GPU that loads the agent's checkpoint from disk (its
-engine loaded in the constructor), timed to its first answered call.
+Side by side, in the same run (once the pool is stopped, since its Hosts hold every GPU share),
+what a Ray user would otherwise do to move an agent: kill its actor and start a new one on the
+other GPU that loads the agent's checkpoint from disk (its engine loaded in the constructor),
+timed to its first answered call; one per agent the pool moved.
 
     python scripts/migration.py --out out/migration                  # scripted engine, ~1 min
     python scripts/migration.py --engine llama_cpp --tasks 96 --out out/migration-llama
@@ -19,9 +20,12 @@ engine loaded in the constructor), timed to its first answered call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,8 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
-from agents.config import load_settings
+from agents.config import Settings, load_settings
+from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.batch import RunOptions, run_batch
 from pool.bench.activation import NaiveAgent
 from pool.bench.common import NO_FAULTS, stats
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pressure-after", type=float, default=None,
                     help="seconds from the engines' start (default: 3 scripted, 60 llama_cpp)")
     ap.add_argument("--step-cost", type=float, default=0.02, help="scripted seconds per step")
+    ap.add_argument("--rounds", type=int, default=5, help="pool runs (each then its naive moves)")
     ap.add_argument("--out", type=Path, default=Path("out/migration"))
     args = ap.parse_args(argv)
     console = Console(stderr=True)
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     after = args.pressure_after if args.pressure_after is not None else (
         3.0 if args.engine == "scripted" else 60.0)
 
+    args.out.mkdir(parents=True, exist_ok=True)
     ray.init(address="local", num_gpus=2, namespace="selfheal-migration",
              include_dashboard=False, log_to_driver=False)
     budget = load_settings().pool
@@ -66,27 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     })
     tasks = write_tasks(args.out / "tasks.jsonl",
                         synthetic_tasks(args.tasks, agents=args.agents, seed=7))
-    console.print(f"pool: {args.tasks} tasks, {args.agents} agents, 2 GPUs x {args.slots_per_gpu} "
-                  f"Hosts, {args.engine}; GPU 0 reads {pressed} MiB from {after:.0f} s")
-    summary = run_batch(RunOptions(tasks=tasks, out=args.out / "run", settings=settings,
-                                   agents=args.agents, progress=True))
-    events = [json.loads(line) for line in (args.out / "run" / "events.jsonl").read_text().splitlines()]
-    moved = [e for e in events if e["event"] == "pool.migrated" and "memory pressure" in e["why"]]
+    moved: list[dict[str, Any]] = []
+    naive: list[float] = []
+    summaries: list[dict[str, Any]] = []
+    for r in range(args.rounds):  # the pool's moves, then as many new actors, round by round
+        console.print(f"round {r + 1}/{args.rounds}: {args.tasks} tasks, {args.agents} agents, "
+                      f"2 GPUs x {args.slots_per_gpu} Hosts, {args.engine}; GPU 0 reads "
+                      f"{pressed} MiB from {after:.0f} s")
+        got = _pool_round(args.out / f"run-{r}", tasks, settings, args.agents)
+        if got is None:
+            console.print("error: the pool lost or failed tasks; see the run folder")
+            return 1
+        summaries.append(got[0])
+        moved += got[1]
+        naive += _naive_round(got[1], args.out / f"run-{r}" / "checkpoints", settings)
     if not moved:
         console.print("error: no agent migrated; raise --tasks or lower --pressure-after")
         return 1
-
-    console.print(f"naive: {len(moved)} moves as a new actor per agent on GPU 1")
-    naive: list[float] = []
-    store = str(settings.pool.checkpoint_dir if settings.pool.checkpoint_dir.is_absolute()
-                else args.out / "run" / "checkpoints")
-    for e in moved:
-        started = time.perf_counter()
-        actor = NaiveAgent.options(num_gpus=1 / args.slots_per_gpu).remote(  # type: ignore[attr-defined]
-            e["agent_id"], store, settings)
-        ray.get(actor.ready.remote())
-        naive.append(time.perf_counter() - started)
-        ray.kill(actor)
 
     pool_s = stats(e["unavailable_s"] for e in moved)
     naive_s = stats(naive)
@@ -102,15 +105,47 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, str(st["n"]), *(f"{st[q]:.3f}" for q in ("p50", "p90", "p99")))
     console.print(table)
     ratio = naive_s["p50"] / pool_s["p50"] if pool_s["p50"] else float("inf")
+    pairs = Counter(f"gpu {e['src_gpu']} -> gpu {e['dst_gpu']}" for e in moved)
     console.print(f"p50: pool {pool_s['p50']:.3f} s vs new actor {naive_s['p50']:.3f} s "
-                  f"({ratio:.1f}x); all {summary['tasks']} tasks: {summary['succeeded']} succeeded, "
-                  f"{summary['failed']} failed; moves {[(e['src_gpu'], e['dst_gpu']) for e in moved][:1]}...")
+                  f"({ratio:.1f}x); moves {dict(pairs)}; every task of {args.rounds} rounds "
+                  f"succeeded exactly once")
     report: dict[str, Any] = {"pool": pool_s, "pool_by_cause": by_cause, "new_actor": naive_s,
-                              "ratio_p50": ratio, "summary": summary, "engine": args.engine,
+                              "ratio_p50": ratio, "summaries": summaries, "engine": args.engine,
                               "moves": moved}
     (args.out / "migration.json").write_text(json.dumps(report, indent=2, default=str))
     ray.shutdown()
-    return 0 if summary["failed"] == 0 else 1
+    return 0
+
+
+def _pool_round(out: Path, tasks: Path, settings: Settings, agents: int
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """One pool run from scratch; its summary and its memory-pressure moves (None when a task
+    failed or was lost)."""
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one
+    summary = run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=agents,
+                                   progress=False))
+    if summary["succeeded"] != summary["tasks"]:
+        return None
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    return summary, [e for e in events if e["event"] == "pool.migrated" and "memory pressure" in e["why"]]
+
+
+def _naive_round(moved: list[dict[str, Any]], store: Path, settings: Settings) -> list[float]:
+    """Move each agent the naive way: a new actor that loads its checkpoint, on the other GPU."""
+    for name in (MANAGER_NAME, MONITOR_NAME):  # the pool's Hosts hold every GPU share: stop it
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=settings.pool.namespace), no_restart=True)
+    while ray.available_resources().get("GPU", 0) < 2:  # type: ignore[no-untyped-call]
+        time.sleep(0.1)
+    took = []
+    for e in moved:
+        started = time.perf_counter()
+        actor = NaiveAgent.options(num_gpus=1 / settings.pool.slots_per_gpu).remote(  # type: ignore[attr-defined]
+            e["agent_id"], str(store), settings)
+        ray.get(actor.ready.remote())
+        took.append(time.perf_counter() - started)
+        ray.kill(actor)
+    return took
 
 
 if __name__ == "__main__":

@@ -61,8 +61,12 @@ def _children(pid: int) -> set[int]:
 
 
 def total_used(readings: list[dict[str, Any]]) -> float | None:
-    """What the pool holds on one GPU from its Hosts' readings, each reading id counted once;
-    None when any reading is unavailable (a partial sum would understate it)."""
+    """What the pool holds on one GPU from its Hosts' readings: each reading id counted once (at
+    its highest: Hosts read a shared engine a moment apart); None when any reading is unavailable
+    (a partial sum would understate it)."""
     if not readings or not all(r.get("available") for r in readings):
         return None
-    return sum({r["id"]: float(r["used_mib"]) for r in readings}.values())
+    by_id: dict[str, float] = {}
+    for r in readings:
+        by_id[r["id"]] = max(by_id.get(r["id"], 0.0), float(r["used_mib"]))
+    return sum(by_id.values())

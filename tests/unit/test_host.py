@@ -184,3 +184,14 @@ def test_engine_device_methods_and_their_fallbacks(tmp_path: Path) -> None:
     reading = host.measure()
     assert reading["available"] or reading["reason"]
     assert host.pause_engine() is False
+
+
+def test_readings_of_one_gpu_count_each_id_once_and_a_missing_one_spoils_the_sum() -> None:
+    from agents.engines.gpumem import total_used
+
+    shared = [{"available": True, "id": "pid-7", "used_mib": u} for u in (900.0, 950.0)]
+    assert total_used(shared) == 950.0  # one engine read twice a moment apart: its highest
+    hosts = [{"available": True, "id": f"pid-{i}", "used_mib": 100.0} for i in range(3)]
+    assert total_used(hosts) == 300.0
+    assert total_used([*hosts, {"available": False, "reason": "timeout"}]) is None
+    assert total_used([]) is None
