@@ -402,7 +402,6 @@ class PoolManager(VramControl):
         self.registry.set_state(agent_id, AgentState.DORMANT)
         self.crashes[agent_id] = self.crashes.get(agent_id, 0) + 1
         self.exclude[agent_id] = slot.host_id  # restore it on another Host where one is free
-        self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(), "its Host died", False)
         if self.crashes[agent_id] > self.settings.recovery.intensity:
             reason = f"its Host died {self.crashes[agent_id]} times in a row"
             with contextlib.suppress(StorageError):  # a poison checkpoint: keep it for a person
@@ -411,7 +410,8 @@ class PoolManager(VramControl):
             return
         for item in reversed(batch):
             self._enqueue(agent_id, item, front=True)
-        if self.queues.get(agent_id):
+        if self.queues.get(agent_id):  # it has work: it is unavailable until bound elsewhere
+            self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(), "its Host died", False)
             self.registry.want(agent_id)
 
     async def _revive(self, slot: Slot) -> None:
@@ -487,7 +487,7 @@ class PoolManager(VramControl):
 
     async def status(self) -> dict[str, Any]:
         hosts = [{"host": s.host_id, "gpu": s.gpu, "agent": s.agent, "busy": s.busy,
-                  "lost": s.lost} for s in self.slots]
+                  "lost": s.lost, "dead": s.dead} for s in self.slots]
         return {
             "agents": len(self.registry), "by_state": self.registry.counts(),
             "hosts": hosts, "queued": self._queued(), "waiting_agents": self.registry.waiting(),

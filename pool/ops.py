@@ -22,11 +22,12 @@ from pool.actors import MANAGER_NAME, MONITOR_NAME
 
 TRAIL_EVENTS = frozenset({
     "agent.state_changed", "agent.activated", "agent.memory_compressed", "agent.failed",
-    "agent.released", "pool.activated", "pool.parked", "pool.migrating", "pool.host_lost",
+    "agent.released", "pool.activated", "pool.parked", "pool.migrating", "pool.migrated", "pool.host_lost",
     "pool.agent_failed", "recovery.decided", "recovery.dead_lettered",
 })
 _TRAIL_KEEP = 50_000  # events kept in all; an agent's trail is what is left of them
-_FIELDS = ("event", "ts", "old", "new", "host", "src", "action", "tier", "reason", "task_id")
+_FIELDS = ("event", "ts", "old", "new", "host", "src", "action", "tier", "reason", "task_id", "why",
+           "src_host", "dst_host", "unavailable_s")
 
 
 class AgentTrail:
@@ -128,8 +129,9 @@ def status_view(s: dict[str, Any]) -> Group:
         hosts.add_column(col)
     for h in s["hosts"]:
         score = "" if h.get("score") is None else f"{h['score']:.2f}"
+        lost = "node gone" if h.get("dead") else str(h["lost"] or "")
         hosts.add_row(h["host"], str(h["gpu"]), h["agent"] or "-", "yes" if h["busy"] else "",
-                      score, str(h["lost"] or ""))
+                      score, lost)
     queue = f"queue: {s['queued']} tasks, {s['waiting_agents']} agents waiting to be activated"
     return Group(states, gpus, hosts, queue)
 

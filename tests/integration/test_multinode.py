@@ -91,3 +91,9 @@ def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Pat
     assert later and all(victim8 not in e["host"] for e in later), "nothing placed on the dead node"
     moved = {e["agent_id"] for e in later} & on_victim
     assert moved, f"agents of the lost node ({on_victim}) were activated on the other node"
+    status = ray.get(ray.get_actor("pool-manager").status.remote())
+    assert {h["host"] for h in status["hosts"] if h["dead"]} == {
+        h["host"] for h in status["hosts"] if h["host"].split("-")[1] == victim8}
+    migrated = [e for e in events if e["event"] == "pool.migrated" and e["agent_id"] in moved]
+    assert migrated and all(e["why"] == "its Host died" and victim8 in e["src_host"]
+                            and victim8 not in e["dst_host"] for e in migrated)
