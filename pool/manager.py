@@ -204,8 +204,12 @@ class PoolManager(VramControl, Queries):
         assert agent_id is not None
         slot.busy, kept = True, False
         pressed = self.ledger.used(self._residents_on(slot.gpu), slot.gpu) > self.ledger.limit_mib
+        late = _future(slot.handle.park.remote())
+        if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
+            self._spawn_stalled(slot, agent_id, late, "park")
+            return
         try:
-            blob = await slot.handle.park.remote()
+            blob = late.result()
             if pressed:  # the GPU's reading stands until the next says this memory is free
                 extra = self.ledger.extra(slot.gpu) + self.cfg.agent_kv_mib
                 self.ledger = self.ledger.with_extra(slot.gpu, extra)
@@ -239,8 +243,12 @@ class PoolManager(VramControl, Queries):
         self.registry.unwant(agent_id)
         entry.host = slot.host_id
         started = time.perf_counter()
+        late = asyncio.ensure_future(self._bind(slot, agent_id, entry))
+        if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
+            self._spawn_stalled(slot, agent_id, late, "bind")
+            return
         try:
-            info = await self._bind(slot, agent_id, entry)
+            info = late.result()
         except HOST_GONE:
             self._host_lost(slot, [])
             return
@@ -297,10 +305,10 @@ class PoolManager(VramControl, Queries):
                 for s in self.slots if s.agent and s.gpu == gpu]
 
     async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
-        late = asyncio.wrap_future(ref.future())
+        late = _future(ref)
         done, _ = await asyncio.wait({late}, timeout=self.cfg.watchdog_s)
         if not done:  # a stalled Host: its agent moves on, the Host stays busy until it answers
-            await self._stalled(slot, agent_id, batch, late)
+            await self._stalled(slot, agent_id, batch, late, "run")
             return
         try:
             outcomes, events = late.result()
@@ -318,12 +326,15 @@ class PoolManager(VramControl, Queries):
             slot.busy = False
             self._wake.set()
 
-    async def _stalled(self, slot: Slot, agent_id: str, batch: list[Item], late: Any) -> None:
-        """Watchdog: fence the silent Host off by epoch, re-activate its agent elsewhere, and
-        discard whatever the Host says when (if ever) it answers."""
+    async def _stalled(
+        self, slot: Slot, agent_id: str, batch: list[Item], late: Any, stage: str
+    ) -> None:
+        """Watchdog: a Host silent in `run`, `bind` or `park` for `watchdog_s`. Fence it off by
+        epoch, re-activate its agent elsewhere, and discard whatever the Host says when (if
+        ever) it answers. The slot stays busy (and out of every plan) until then."""
         slot.agent = None
         self.reviving.add(slot.host_id)  # unusable until it answers; the plan counts it taken
-        self.events.emit("pool.host_stalled", host=slot.host_id, agent_id=agent_id,
+        self.events.emit("pool.host_stalled", host=slot.host_id, agent_id=agent_id, stage=stage,
                          after_s=self.cfg.watchdog_s, requeued=len(batch))
         entry = self.registry.get(agent_id)
         try:
@@ -334,10 +345,12 @@ class PoolManager(VramControl, Queries):
             entry.host, entry.hot = None, None
             self.registry.set_state(agent_id, AgentState.DORMANT)
             self.exclude[agent_id] = slot.host_id
-            self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(),
-                                         "its Host stalled", False)
             for item in reversed(batch):
                 self._enqueue(agent_id, item, front=True)
+            if self.queues.get(agent_id):  # it has work: unavailable until bound elsewhere
+                self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(),
+                                             "its Host stalled", False)
+                self.registry.want(agent_id)
         self._wake.set()
         try:
             await late
@@ -350,6 +363,11 @@ class PoolManager(VramControl, Queries):
         slot.busy = False
         self.reviving.discard(slot.host_id)
         self._wake.set()
+
+    def _spawn_stalled(self, slot: Slot, agent_id: str, late: Any, stage: str) -> None:
+        """`_stalled` on its own task: a bind or park is awaited by the scheduling pass, which
+        must go on while the silent Host stays silent."""
+        asyncio.get_running_loop().create_task(self._stalled(slot, agent_id, [], late, stage))
 
     def _fence(self, agent_id: str, epoch: int) -> int:
         """Commit the latest checkpoint again under a new epoch: older writers are refused."""
@@ -503,3 +521,7 @@ class PoolManager(VramControl, Queries):
         self.events.emit("agent.released", agent_id=agent_id)
         return True
 
+
+def _future(ref: Any) -> asyncio.Future[Any]:
+    """An asyncio future of a Ray call (for `asyncio.wait` with the watchdog's timeout)."""
+    return asyncio.wrap_future(ref.future())

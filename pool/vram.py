@@ -16,19 +16,16 @@ is not an error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import replace
 from typing import Any
-
-from ray.exceptions import RayError
 
 from agents.config import PoolConfig
 from agents.engines.gpumem import total_used
 from agents.errors import UsageError
 from agents.events import EventSink
 from pool.budget import Ledger, Resident
-from pool.slots import Slot, cause
+from pool.slots import Slot
 
 MEASURE_TIMEOUT_S = 10.0
 
@@ -98,15 +95,18 @@ class VramControl:
         return True
 
     async def _reconcile_gpu(self, gpu: int) -> str:
-        """Reconcile one GPU; returns why it has no reading ("" when it has one)."""
+        """Reconcile one GPU; returns why it cannot be measured at all ("" when it has a
+        reading, or none this round only)."""
         hosts = self._live(gpu)
         if not hosts:
             return ""
         got = await asyncio.gather(
-            *(asyncio.wait_for(_future(s.handle.measure.remote()), MEASURE_TIMEOUT_S) for s in hosts),
+            *(asyncio.wait_for(asyncio.wrap_future(s.handle.measure.remote().future()), MEASURE_TIMEOUT_S)
+              for s in hosts),
             return_exceptions=True)
-        readings: list[dict[str, Any]] = [
-            r if isinstance(r, dict) else {"available": False, "reason": cause(r)} for r in got]
+        if not all(isinstance(r, dict) for r in got):  # a Host (or its engine) busy starting
+            return ""  # or restarting: this round has no complete reading, the next may
+        readings: list[dict[str, Any]] = list(got)  # type: ignore[arg-type]
         if not any(r.get("available") for r in readings):
             return str(readings[0].get("reason", "no reading"))
         whole = [r for r in readings if r.get("available") and r.get("scope") == "gpu"]
@@ -136,7 +136,7 @@ class VramControl:
         for gpu in range(self.ledger.num_gpus):
             self.paused.setdefault(gpu, "pausing")
         deadline = time.monotonic() + timeout_s
-        while any(s.busy for s in self.slots):
+        while any(s.busy and s.host_id not in self.reviving for s in self.slots):  # not zombies
             if time.monotonic() > deadline:
                 busy = sum(s.busy for s in self.slots)
                 self.paused.clear()
@@ -150,15 +150,14 @@ class VramControl:
         if self.paused.get(gpu) in ("slept", "parked"):
             return {"gpu": gpu, "mode": self.paused[gpu], "parked": 0}
         hosts = self._live(gpu)
-        slept = await asyncio.gather(*(s.handle.pause_engine.remote() for s in hosts),
-                                     return_exceptions=True)
+        slept = await self._call_all(hosts, "pause_engine")
         parked = 0
         if hosts and all(x is True for x in slept):
             mode = "slept"
-        else:  # the engine cannot sleep: free the GPU by parking its residents
+        else:  # the engine cannot sleep (or a Host did not answer): park the GPU's residents
             mode = "parked"
-            await asyncio.gather(*(s.handle.wake_engine.remote() for s, x in zip(hosts, slept, strict=True)
-                                   if x is True), return_exceptions=True)
+            await self._call_all([s for s, x in zip(hosts, slept, strict=True) if x is True],
+                                 "wake_engine")
             residents = [s for s in hosts if s.agent]
             await asyncio.gather(*(self._park(s, why="pause: the engine cannot sleep") for s in residents))
             parked = len(residents)
@@ -166,17 +165,20 @@ class VramControl:
         self.events.emit("pool.paused", gpu=gpu, mode=mode, parked=parked)
         return {"gpu": gpu, "mode": mode, "parked": parked}
 
+    async def _call_all(self, hosts: list[Slot], method: str) -> list[Any]:
+        """`method` on every Host at once; an error or a Host silent past the watchdog is its
+        answer (a frozen Host must not hold up a pause)."""
+        calls = (asyncio.wait_for(asyncio.wrap_future(getattr(s.handle, method).remote().future()),
+                                  self.cfg.watchdog_s) for s in hosts)
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
     async def resume(self) -> dict[str, Any]:
         """Take the GPUs again: wake sleeping engines; parked agents come back as work needs."""
         woken = [g for g, mode in self.paused.items() if mode == "slept"]
         for gpu in woken:
-            with contextlib.suppress(RayError):
-                await asyncio.gather(*(s.handle.wake_engine.remote() for s in self._live(gpu)))
+            await self._call_all(self._live(gpu), "wake_engine")
         self.paused.clear()
         self.events.emit("pool.resumed", woken=woken)
         self._wake.set()
         return {"woken": woken}
 
-
-def _future(ref: Any) -> Any:
-    return asyncio.wrap_future(ref.future())

@@ -256,3 +256,71 @@ def test_corrupt_checkpoints_are_quarantined_and_previous_used(chaos_ray: Path, 
         assert store.read(agent)[0].tasks_done >= 1 or not rows
     assert ray.get(_manager().status.remote())["agents"] == 20  # the manager kept running
     assert_checks(run)
+
+
+def test_a_host_frozen_in_bind_or_park_is_fenced_and_its_agent_moves_on(
+    chaos_ray: Path, tmp_path: Path
+) -> None:
+    """The watchdog covers `bind` and `park` as it covers `run`: freeze (SIGSTOP) the Host the
+    planner binds to first, then the one the agent lands on and pause the pool so that it must
+    park there. Both times the agent is fenced by a new epoch and moves on; the zombies' late
+    answers are discarded once they wake."""
+    from agents.models import Task
+    from pool.batch import fresh_manager
+
+    no_faults = {"garbage": 0, "truncation": 0, "timeout": 0, "oom": 0, "crash": 0, "permanent": 0}
+    cfg = settings(engine={"faults": no_faults}, pool={"watchdog_s": 2.0, "slots_per_gpu": 2})
+    manager = fresh_manager(cfg, tmp_path / "ckpt")
+    ray.get(manager.start.remote())
+    store = CheckpointStore(tmp_path / "ckpt")
+    first = next(h["host"] for h in ray.get(manager.status.remote())["hosts"] if h["gpu"] == 0)
+    frozen = [_kill(first, signal.SIGSTOP)]
+
+    def tasks(tag: str) -> list:
+        return [(Task(task_id=f"{tag}-{i}", agent_id="a0", prompt=f"What is {i}+1?",
+                      expected=str(i + 1)), None) for i in range(2)]
+
+    def results(want: int) -> tuple[list, list]:
+        got, events, stop = [], [], time.monotonic() + 60
+        while len(got) < want and time.monotonic() < stop:
+            drained = ray.get(manager.drain.remote())
+            got += drained["results"]
+            events += drained["events"]
+            time.sleep(0.05)
+        return got, events
+
+    try:
+        ray.get(manager.register.remote([AgentSpec(agent_id="a0")]))
+        ray.get(manager.submit.remote(tasks("bind")))
+        got, events = results(2)
+        assert [r.status.value for r in got] == ["succeeded"] * 2
+        stalled = [e for e in events if e["event"] == "pool.host_stalled"]
+        assert [(e["host"], e["stage"]) for e in stalled] == [(first, "bind")]
+        second = next(h["host"] for h in ray.get(manager.status.remote())["hosts"] if h["agent"])
+        assert second != first
+        before = store.latest("a0").epoch  # type: ignore[union-attr]
+        frozen.append(_kill(second, signal.SIGSTOP))
+        paused = ray.get(manager.pause.remote(), timeout=60)  # the park there never answers
+        assert paused["gpus"][0]["mode"] == "parked"
+        events = ray.get(manager.drain.remote())["events"]
+        assert [(e["host"], e["stage"]) for e in events if e["event"] == "pool.host_stalled"] == [
+            (second, "park")]
+        assert store.latest("a0").epoch > before  # type: ignore[union-attr]
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    fenced = store.latest("a0").epoch  # type: ignore[union-attr]
+    discarded: dict[str, str] = {}
+    stop = time.monotonic() + 60
+    while len(discarded) < 2 and time.monotonic() < stop:
+        discarded |= {e["host"]: e["error"] for e in ray.get(manager.drain.remote())["events"]
+                      if e["event"] == "pool.zombie_discarded"}
+        time.sleep(0.1)
+    # The frozen park finds its agent committed already and writes nothing (else StaleEpoch).
+    assert set(discarded) == {first, second}, discarded
+    assert store.latest("a0").epoch == fenced, "nothing the zombies did landed"
+    ray.get(manager.resume.remote())
+    ray.get(manager.submit.remote(tasks("after")))
+    got, _ = results(2)
+    assert sorted(r.status.value for r in got) == ["succeeded"] * 2
+    ray.kill(manager, no_restart=True)

@@ -1,0 +1,117 @@
+"""The PoolManager's GPU side (`pool.vram.VramControl`) without Ray: fake Host handles whose
+calls answer, fail or never answer."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+import pool.vram
+from agents.config import PoolConfig
+from agents.events import EventSink
+from pool.budget import Ledger, Resident
+from pool.slots import Slot
+from pool.vram import VramControl
+
+
+class _Call:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def remote(self, *args: Any) -> Any:
+        fut: Future[Any] = Future()
+        if isinstance(self.answer, BaseException):
+            fut.set_exception(self.answer)
+        elif self.answer is not _SILENT:
+            fut.set_result(self.answer)
+        return type("Ref", (), {"future": lambda _self: fut})()
+
+
+_SILENT = object()  # a Host that never answers (frozen, or waiting for its engine to load)
+
+
+class _Host:
+    def __init__(self, **answers: Any) -> None:
+        for method, answer in answers.items():
+            setattr(self, method, _Call(answer))
+
+
+class _Pool(VramControl):
+    def __init__(self, hosts: list[_Host], agents: list[str | None]) -> None:
+        self.cfg = PoolConfig(reconcile_s=0.01, watchdog_s=0.2)
+        self.slots = [Slot(h, f"h{i}", 0) for i, h in enumerate(hosts)]
+        for slot, agent in zip(self.slots, agents, strict=True):
+            slot.agent = agent
+        self.ledger = Ledger(8192, 0.85, 600, 1, len(hosts))
+        self.events = EventSink("test")
+        self.reviving: set[str] = set()
+        self.paused: dict[int, str] = {}
+        self._wake = asyncio.Event()
+        self.parked: list[str] = []
+
+    def _residents_on(self, gpu: int) -> list[Resident]:
+        return [Resident(s.agent, 0, 5, 0.0, 320, False, False) for s in self.slots if s.agent]
+
+    async def _park(self, slot: Slot, why: str = "") -> None:
+        assert slot.agent is not None
+        self.parked.append(slot.agent)
+        slot.agent = None
+
+
+@pytest.fixture(autouse=True)
+def _short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool.vram, "MEASURE_TIMEOUT_S", 0.05)
+
+
+def _events(p: _Pool, name: str) -> list[dict[str, Any]]:
+    return [e for e in p.events.drain() if e["event"] == name]
+
+
+def test_a_reading_sets_the_gpus_extra_and_counts_a_shared_engine_once() -> None:
+    reading = {"available": True, "id": "engine", "scope": "gpu", "used_mib": 2000.0}
+    p = _Pool([_Host(measure=reading), _Host(measure=reading)], ["a", None])
+    assert asyncio.run(p.reconcile()) is True
+    assert p.ledger.extra(0) == 2000 - (600 + 320)
+    (e,) = _events(p, "pool.vram_reconciled")
+    assert (e["ledger_mib"], e["measured_mib"], e["diff_mib"]) == (920, 2000, 1080)
+
+
+def test_a_reserving_engine_is_measured_against_its_reservation() -> None:
+    reading = {"available": True, "id": "e", "scope": "gpu", "used_mib": 7100.0, "reserved_mib": 7000}
+    p = _Pool([_Host(measure=reading)], ["a"])
+    asyncio.run(p.reconcile())
+    assert p.ledger.extra(0) == 100
+
+
+def test_no_device_stops_reconciliation_with_one_event_but_a_slow_host_does_not() -> None:
+    slow = _Pool([_Host(measure=_SILENT), _Host(measure=TimeoutError())], [None, None])
+    assert asyncio.run(slow.reconcile()) is True  # an engine still loading: try again later
+    assert not _events(slow, "pool.vram_unmeasured")
+    none = _Pool([_Host(measure={"available": False, "reason": "no GPU: VRAM is not measured"})],
+                 [None])
+    assert asyncio.run(none.reconcile()) is False
+    assert [e["reason"] for e in _events(none, "pool.vram_unmeasured")] == [
+        "no GPU: VRAM is not measured"]
+
+
+def test_per_process_readings_need_every_host() -> None:
+    mine = {"available": True, "id": "pid-1", "scope": "process", "used_mib": 5000.0}
+    p = _Pool([_Host(measure=mine), _Host(measure=_SILENT)], ["a", "b"])
+    asyncio.run(p.reconcile())
+    assert p.ledger.extra(0) == 0 and not _events(p, "pool.vram_reconciled")
+
+
+def test_pause_sleeps_engines_that_can_and_parks_where_one_cannot_or_is_silent() -> None:
+    can = _Pool([_Host(pause_engine=True, wake_engine=True) for _ in range(2)], ["a", "b"])
+    got = asyncio.run(can.pause())
+    assert got["gpus"] == [{"gpu": 0, "mode": "slept", "parked": 0}] and not can.parked
+    assert asyncio.run(can.resume()) == {"woken": [0]} and can.paused == {}
+
+    frozen = _Pool([_Host(pause_engine=True, wake_engine=True), _Host(pause_engine=_SILENT)],
+                   ["a", "b"])
+    got = asyncio.run(frozen.pause())
+    assert got["gpus"][0]["mode"] == "parked" and frozen.parked == ["a", "b"]
+    assert frozen.paused == {0: "parked"}
