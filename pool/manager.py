@@ -84,7 +84,7 @@ class PoolManager(VramControl, Queries):
         ).remote(settings)
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []  # held: the loop keeps weak references
         self._peak: dict[int, tuple[int, float]] = {}
         self.boot = uuid.uuid4().hex  # a restarted manager starts empty: the driver feeds it again
 
