@@ -155,8 +155,12 @@ class PoolManager(VramControl, Queries):
         demands = self.registry.next_demands(max(1, free))
         if demands or self._over_limit():
             await self._apply(self._plan(demands))
+        over = self._over_limit() if self.cfg.agent_kv_mib else set()  # else: nothing to shed
         for slot in self.slots:
             if slot.agent and not slot.busy and self.queues.get(slot.agent):
+                if slot.gpu in over:  # became idle while the pass ran: shed by the next pass,
+                    self._wake.set()  # not sent a batch that could only run out of memory
+                    continue
                 self._dispatch(slot)
 
     def _plan(self, demands: list[str]) -> Any:
@@ -295,10 +299,10 @@ class PoolManager(VramControl, Queries):
         ref = slot.handle.run.options(name=f"{slot.agent}.run").remote(batch, headroom)
         asyncio.get_running_loop().create_task(self._collect(slot, slot.agent, batch, ref))
 
-    def _over_limit(self) -> bool:
-        """A GPU holds more than its limit (a reconciliation found memory the ledger missed)."""
-        return any(self.ledger.used(self._residents_on(g), g) > self.ledger.limit_mib
-                   for g in range(self.ledger.num_gpus))
+    def _over_limit(self) -> set[int]:
+        """GPUs holding more than their limit (a reconciliation found memory the ledger missed)."""
+        return {g for g in range(self.ledger.num_gpus)
+                if self.ledger.used(self._residents_on(g), g) > self.ledger.limit_mib}
 
     def _residents_on(self, gpu: int) -> list[Resident]:
         return [Resident(s.agent, s.gpu, 0, 0.0, self.cfg.agent_kv_mib, s.busy, False)
@@ -321,7 +325,9 @@ class PoolManager(VramControl, Queries):
             else:
                 self._agent_failed(slot, agent_id, f"host error: {cause(exc)}", batch)
         else:
-            self._fold(slot, agent_id, outcomes)
+            why = self._fold(slot, agent_id, outcomes)
+            if why is not None:  # parked before the slot is free again: no other park races it
+                await self._park(slot, why=why)
         finally:
             slot.busy = False
             self._wake.set()
@@ -376,8 +382,9 @@ class PoolManager(VramControl, Queries):
         self.store.write(record, fence)
         return fence
 
-    def _fold(self, slot: Slot, agent_id: str, outcomes: list[Outcome]) -> None:
-        """Fold a batch's outcomes: results, a failed agent, tasks to migrate."""
+    def _fold(self, slot: Slot, agent_id: str, outcomes: list[Outcome]) -> str | None:
+        """Fold a batch's outcomes: results, a failed agent, tasks to migrate. Returns why the
+        agent must move (then the caller parks it), else None."""
         entry = self.registry.get(agent_id)
         entry.last_used = time.monotonic()
         migrate = [o for o in outcomes if o.result is None]
@@ -389,7 +396,7 @@ class PoolManager(VramControl, Queries):
         if failed:
             reason = next((o.result.error for o in reversed(outcomes) if o.result), "")
             self._agent_failed(slot, agent_id, reason, [(o.task, o.carry) for o in migrate])
-            return
+            return None
         self.registry.set_state(agent_id, AgentState.IDLE)
         self.crashes.pop(agent_id, None)  # a batch went through: the crash count starts again
         for o in reversed(migrate):
@@ -402,7 +409,8 @@ class PoolManager(VramControl, Queries):
             self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(), why, off_gpu)
             self.events.emit("pool.migrating", agent_id=agent_id, src=slot.host_id, gpu=slot.gpu,
                              tasks=len(migrate), why=why)
-            asyncio.get_running_loop().create_task(self._park(slot, why=why))
+            return why
+        return None
 
     def _host_lost(self, slot: Slot, batch: list[Item]) -> None:
         """The Host process died: its agent falls back to its committed checkpoint."""

@@ -52,10 +52,11 @@ class Monitor:
     def assess(
         self, agent_id: str, items: list[tuple[str, str, int, Signals]]
     ) -> list[tuple[HealthReport, Decision]]:
-        return [self._assess_one(agent_id, *item) for item in items]
+        now = self.clock()  # one round, one instant: its tier-2 decisions are one restart
+        return [self._assess_one(agent_id, now, *item) for item in items]
 
     def _assess_one(
-        self, agent_id: str, task_id: str, prompt: str, attempt: int, signals: Signals
+        self, agent_id: str, now: float, task_id: str, prompt: str, attempt: int, signals: Signals
     ) -> tuple[HealthReport, Decision]:
         key = _key(prompt)
         seen = self.answers.get(key, ())
@@ -67,7 +68,7 @@ class Monitor:
         agent = self.histories.get(agent_id, History())
         task = self.tasks.pop((agent_id, task_id), History()) if attempt else History()
         history = replace(agent, attempts=task.attempts, tiers_used=task.tiers_used)
-        decision = decide(report, history, self.recovery, self.clock())
+        decision = decide(report, history, self.recovery, now)
         self.histories[agent_id] = decision.history.for_new_task()
         if decision.action in _RETRYING:
             self.tasks[(agent_id, task_id)] = decision.history

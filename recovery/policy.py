@@ -11,7 +11,10 @@ migrates it, PERMANENT fails the task at once. A task that has already used tier
 up to tier 2 (COMPRESS first, then MIGRATE). Supervision follows Erlang/OTP: a restart that
 makes more than `intensity` restarts inside the last `period_s` seconds raises the agent's floor
 by one tier for the decisions after it, and no decision goes below the floor; a floor of SEVERE
-fails the agent itself. A window without restarts resets the floor. Backoff grows exponentially
+fails the agent itself. A healthy answer forgives the oldest restart in the window, and a window
+without restarts resets the floor: a busy agent whose tasks fault now and then is not failed for
+its throughput (restarts per second grow with tasks per second), a poison agent, which answers
+nothing healthy between its restarts, still is. Backoff grows exponentially
 with the attempt number, with jitter drawn from a `random.Random` seeded by the config and the
 history, so the same inputs give the same delay. NONE and NAIVE modes are the baselines the
 benchmarks compare against. Pure: the clock is `now`.
@@ -78,11 +81,22 @@ def _record(history: History, cfg: RecoveryConfig, now: float) -> History:
 
 
 def _restart(history: History, cfg: RecoveryConfig, now: float) -> History:
-    """A tier-2 restart of the agent's context; past `intensity` in the window, escalate."""
+    """A tier-2 restart of the agent's context; past `intensity` in the window, escalate. The
+    decisions of one round (one `now`) restart the context once, however many tasks it had."""
+    if history.restarts and history.restarts[-1] == now:
+        return history
     history = replace(history, restarts=(*history.restarts, now))
     if len(history.restarts) <= cfg.intensity:
         return history
     return replace(history, floor=Tier(min(Tier.SEVERE, history.floor + 1)))
+
+
+def _forgive(history: History) -> History:
+    """A healthy answer forgives the oldest restart in the window; none left, no floor."""
+    if not history.restarts:
+        return history
+    rest = history.restarts[1:]
+    return replace(history, restarts=rest, floor=history.floor if rest else Tier.NONE)
 
 
 def _backoff(history: History, cfg: RecoveryConfig) -> float:
@@ -152,8 +166,10 @@ def _explain(report: HealthReport, action: Action, before: History, after: Histo
 def decide(report: HealthReport, history: History, cfg: RecoveryConfig, now: float) -> Decision:
     """What to do after one execution; the returned history replaces the agent's."""
     if report.fault is FaultClass.NONE:
-        why = "healthy" if report.healthy else f"accepted below the healthy bar: {report.reason}"
-        return Decision(Action.ACCEPT, Tier.NONE, history, why)
+        if not report.healthy:
+            return Decision(Action.ACCEPT, Tier.NONE, history,
+                            f"accepted below the healthy bar: {report.reason}")
+        return Decision(Action.ACCEPT, Tier.NONE, _forgive(history), "healthy")
     after = _record(history, cfg, now)
     action, tier, retune = _choose(report, history, after, cfg)
     if action in (Action.COMPRESS, Action.MIGRATE):

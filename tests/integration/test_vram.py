@@ -135,3 +135,25 @@ def test_pause_gives_the_gpus_back_and_resume_takes_them_again(
     assert sorted(r.task_id for r in results) == sorted(f"while-{i}" for i in range(8))
     assert all(r.status.value == "succeeded" for r in results), [r.error for r in results]
     ray.kill(manager, no_restart=True)
+
+
+def test_busy_agents_under_pressure_with_the_default_fault_mix_stay_alive(
+    two_gpus: None, tmp_path: Path
+) -> None:
+    """200 tasks per agent with the default scripted fault mix (a tier-2 fault every 15 tasks or
+    so) while GPU 0 comes under pressure: supervision must not fail the agents for their
+    throughput, and a migration's park must not race another park of the same Host."""
+    settings = load_settings(overrides={
+        "engine": {"kind": "scripted", "step_cost_s": 0.01,
+                   "device": {"used_mib": {0: 7200, 1: 0}, "used_from_s": 1.0}},
+        "pool": {"num_gpus": 2, "slots_per_gpu": 3, "reconcile_s": 0.3},
+    })
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(1200, agents=6, seed=5))
+    out = tmp_path / "out"
+    run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=6, progress=False))
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "pool.agent_failed"]
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    failed = [r["error"] for r in rows if r["status"] == "failed"]
+    assert len(failed) < 0.03 * len(rows) and all("fail_task" in e for e in failed), failed[:3]
+    assert [e for e in events if e["event"] == "pool.migrated" and "memory pressure" in e["why"]]

@@ -29,3 +29,14 @@ def test_a_task_gives_up_at_the_cap() -> None:
     actions = [m.assess("a", [("t", "p", n, _sig(fault=FaultClass.TIMEOUT))])[0][1].action for n in range(3)]
     assert actions == [Action.RETRY, Action.RETRY, Action.FAIL_TASK]
     assert len(m.dead_letters) == 1
+
+
+def test_a_round_of_oom_under_memory_pressure_is_one_restart_of_the_agent() -> None:
+    ticks = iter(range(100))  # a clock that moves on every call
+    m = Monitor(HealthConfig(), RecoveryConfig(intensity=2, backoff_base_s=0),
+                clock=lambda: float(next(ticks)))
+    pressed = Signals(text="fine", finish_reason="stop", kind=TaskKind.FREE, elapsed_s=0.1,
+                      deadline_s=10, memory_headroom=-0.1)  # the ledger says the GPU is over
+    verdicts = m.assess("a", [(f"t{i}", f"p{i}", 0, pressed) for i in range(8)])
+    assert all(d.action is Action.COMPRESS for _, d in verdicts)
+    assert len(m.histories["a"].restarts) == 1 and not m.failed

@@ -42,11 +42,12 @@ def run(faults: list[FaultClass], config: RecoveryConfig, start: float = 0.0) ->
 
 
 @pytest.mark.parametrize("mode", list(RecoveryMode))
-def test_no_fault_is_accepted_and_changes_nothing(mode: RecoveryMode) -> None:
+def test_no_fault_is_accepted_and_only_forgives(mode: RecoveryMode) -> None:
     history = History(restarts=(1.0,), attempts=2, floor=Tier.MINOR, tiers_used=(1, 1))
     decision = decide(report(FaultClass.NONE), history, cfg(mode=mode), now=5.0)
     assert (decision.action, decision.tier) == (Action.ACCEPT, Tier.NONE)
-    assert decision.history is history
+    assert decision.history == History(attempts=2, tiers_used=(1, 1))  # restart forgiven
+    assert decide(report(FaultClass.NONE), History(), cfg(mode=mode), now=5.0).history == History()
     assert decision.delay_s == 0.0
 
 
@@ -165,6 +166,37 @@ def test_restart_storm_escalates_to_fail_agent() -> None:
     assert all(d.action is Action.COMPRESS for d in decisions[:-1])
     assert (decisions[-1].action, decisions[-1].tier) == (Action.FAIL_AGENT, Tier.SEVERE)
     assert "floor raised to tier 3" in decisions[-2].reason
+
+
+def test_a_busy_healthy_agent_with_occasional_resource_faults_is_not_failed() -> None:
+    """One OOM (a tier-2 restart) in every 10 tasks, 100 tasks a second: more restarts per
+    window than `intensity`, but each is followed by healthy answers, which forgive them."""
+    history, now, config = History(), 0.0, cfg(intensity=2, period_s=60.0)
+    for i in range(200):
+        fault = FaultClass.OOM if i % 10 == 0 else FaultClass.NONE
+        decision = decide(report(fault), history.for_new_task(), config, now)
+        assert decision.action is not Action.FAIL_AGENT, f"failed at task {i}"
+        history, now = decision.history, now + 0.01
+    assert history.floor is Tier.NONE and len(history.restarts) <= 1
+
+
+def test_tier_two_decisions_of_one_round_are_one_restart() -> None:
+    history = History()
+    for _ in range(8):  # a batch of eight tasks, all OOM in the same round (one `now`)
+        decision = decide(report(FaultClass.OOM), history.for_new_task(), cfg(intensity=2), now=5.0)
+        assert decision.action is Action.COMPRESS
+        history = decision.history
+    assert history.restarts == (5.0,) and history.floor is Tier.NONE
+
+
+def test_a_healthy_answer_forgives_the_oldest_restart() -> None:
+    history = History(restarts=(1.0, 2.0), floor=Tier.MINOR)
+    once = decide(report(FaultClass.NONE), history, cfg(), now=3.0).history
+    assert once.restarts == (2.0,) and once.floor is Tier.MINOR
+    twice = decide(report(FaultClass.NONE), once, cfg(), now=4.0).history
+    assert twice.restarts == () and twice.floor is Tier.NONE
+    degraded = HealthReport(0.6, 1.0, 1.0, 0.0, 0.5, 0.0, FaultClass.NONE, False, "slow")
+    assert decide(degraded, history, cfg(), now=3.0).history is history  # below the bar: no
 
 
 def test_tier_one_retries_never_escalate_the_agent() -> None:
