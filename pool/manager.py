@@ -44,6 +44,7 @@ from pool.slots import HOST_GONE, Slot, cause, create_hosts, place_on_gpus
 from pool.vram import VramControl
 
 Item = tuple[Task, Carry | None]
+GAUGE_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,8 @@ class PoolManager(VramControl, Queries):
             loop = asyncio.get_running_loop()
             self._loop = loop.create_task(self._run_loop())
             self._background = [loop.create_task(self._learn_base()),
-                                loop.create_task(self._reconcile_loop())]
+                                loop.create_task(self._reconcile_loop()),
+                                loop.create_task(self._gauge_loop())]
         return {"hosts": len(self.slots), "gpus": self.ledger.num_gpus}
 
     async def register(self, specs: list[AgentSpec]) -> int:
@@ -495,11 +497,23 @@ class PoolManager(VramControl, Queries):
     def _note_residency(self) -> None:
         for gpu in range(self.ledger.num_gpus):
             residents = self._residents_on(gpu)
-            used = self.ledger.used(residents, gpu)
-            self.events.emit("pool.residency", gpu=gpu, residents=len(residents), used_mib=used,
+            self.events.emit("pool.residency", gpu=gpu, residents=len(residents),
+                             used_mib=self.ledger.used(residents, gpu),
                              limit_mib=self.ledger.limit_mib, slots=self.ledger.slots_per_gpu)
-            self.metrics.gpu(gpu, len(residents), used, self.ledger.budget_mib, self.ledger.limit_mib)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        for gpu in range(self.ledger.num_gpus):
+            residents = self._residents_on(gpu)
+            self.metrics.gpu(gpu, len(residents), self.ledger.used(residents, gpu),
+                             self.ledger.budget_mib, self.ledger.limit_mib)
         self.metrics.pool(self.registry.counts(), self._queued())
+
+    async def _gauge_loop(self) -> None:
+        """Refresh the gauges while the pool is idle too: Prometheus scrapes on its own clock."""
+        while True:
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+            self._gauges()
 
     # -- for the driver and the CLI --------------------------------------------------------
     async def drain(self) -> dict[str, Any]:
