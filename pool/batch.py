@@ -82,16 +82,17 @@ def fresh_manager(settings: Settings, store_root: Path) -> Any:
             break
     return PoolManager.options(  # type: ignore[attr-defined]
         name=MANAGER_NAME, namespace=ns, lifetime="detached",
-        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node(), soft=True),
+        scheduling_strategy=_on_head(),
     ).remote(settings, str(store_root))
 
 
-def _head_node() -> str:
-    """The head node's id: the pool's control actors live there, not on a GPU node that may go."""
+def _on_head() -> NodeAffinitySchedulingStrategy:
+    """Pinned to the head node: the pool's control actors must not live on a GPU node that may
+    go (soft affinity let Ray place them there). Without a known head, beside this driver."""
     for node in ray.nodes():  # type: ignore[no-untyped-call]
         if node["Alive"] and "node:__internal_head__" in node["Resources"]:
-            return str(node["NodeID"])
-    return str(ray.get_runtime_context().get_node_id())
+            return NodeAffinitySchedulingStrategy(str(node["NodeID"]), soft=False)
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
 
 
 def _specs(opts: RunOptions, tasks: list[Task]) -> list[AgentSpec]:

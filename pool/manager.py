@@ -81,7 +81,7 @@ class PoolManager(VramControl, Queries):
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]
             name=MONITOR_NAME, namespace=self.cfg.namespace, lifetime="detached",
             get_if_exists=True, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=True),  # beside the manager
+                ray.get_runtime_context().get_node_id(), soft=False),  # beside the manager
         ).remote(settings)
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None

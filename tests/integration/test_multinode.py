@@ -64,9 +64,9 @@ def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Pat
         time.sleep(0.1)
     where = {a["Name"]: a["Address"]["NodeID"][:8]
              for a in ray._private.state.state.actor_table(None).values() if a["State"] == "ALIVE"}
-    control = {where["pool-manager"], where["health-monitor"]}
-    # the control actors prefer the head; where one landed on a GPU node anyway, lose the other
-    victim = next(n for n in reversed(cluster.gpu_nodes) if n.node_id[:8] not in control)  # type: ignore[attr-defined]
+    head = next(n["NodeID"][:8] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+    assert where["pool-manager"] == where["health-monitor"] == head, "control actors on the head"
+    victim = cluster.gpu_nodes[-1]  # type: ignore[attr-defined]
     victim8 = victim.node_id[:8]
     status = ray.get(ray.get_actor("pool-manager").status.remote())
     hosts_by_node = Counter(h["host"].split("-")[1] for h in status["hosts"])
