@@ -52,8 +52,7 @@ class VramControl:
     async def _learn_base(self) -> None:
         """Enter the engine's own base footprint (when it reports one) into the ledger."""
         firsts = [live[0] for g in range(self.ledger.num_gpus) if (live := self._live(g))]
-        infos = await asyncio.gather(*(s.handle.engine_info.remote() for s in firsts),
-                                     return_exceptions=True)
+        infos = await self._call_all(firsts, "engine_info")  # a vLLM engine may load for minutes
         reported = [int(i["base_mib"]) for i in infos if isinstance(i, dict) and "base_mib" in i]
         if not reported:
             return  # the engine says nothing: the configured base stands

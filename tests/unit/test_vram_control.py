@@ -115,3 +115,16 @@ def test_pause_sleeps_engines_that_can_and_parks_where_one_cannot_or_is_silent()
     got = asyncio.run(frozen.pause())
     assert got["gpus"][0]["mode"] == "parked" and frozen.parked == ["a", "b"]
     assert frozen.paused == {0: "parked"}
+
+
+def test_the_engine_base_enters_the_ledger_unless_no_agent_would_fit() -> None:
+    p = _Pool([_Host(engine_info={"base_mib": 257}), _Host(engine_info={"base_mib": 257})], [None, None])
+    asyncio.run(p._learn_base())
+    assert p.ledger.base_mib == 257
+    assert [(e["configured_mib"], e["reported_mib"]) for e in _events(p, "pool.engine_base")] == [(600, 257)]
+    huge = _Pool([_Host(engine_info={"base_mib": 6900})], [None])
+    asyncio.run(huge._learn_base())
+    assert huge.ledger.base_mib == 600 and _events(huge, "pool.engine_base_too_large")
+    silent = _Pool([_Host(engine_info={})], [None])  # llama.cpp, scripted: the configured base
+    asyncio.run(silent._learn_base())
+    assert silent.ledger.base_mib == 600 and not silent.events.drain()
