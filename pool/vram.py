@@ -99,13 +99,10 @@ class VramControl:
         hosts = self._live(gpu)
         if not hosts:
             return ""
-        got = await asyncio.gather(
-            *(asyncio.wait_for(asyncio.wrap_future(s.handle.measure.remote().future()), MEASURE_TIMEOUT_S)
-              for s in hosts),
-            return_exceptions=True)
+        got = await self._call_all(hosts, "measure", MEASURE_TIMEOUT_S)
         if not all(isinstance(r, dict) for r in got):  # a Host (or its engine) busy starting
             return ""  # or restarting: this round has no complete reading, the next may
-        readings: list[dict[str, Any]] = list(got)  # type: ignore[arg-type]
+        readings: list[dict[str, Any]] = list(got)
         if not any(r.get("available") for r in readings):
             return str(readings[0].get("reason", "no reading"))
         whole = [r for r in readings if r.get("available") and r.get("scope") == "gpu"]
@@ -164,11 +161,12 @@ class VramControl:
         self.events.emit("pool.paused", gpu=gpu, mode=mode, parked=parked)
         return {"gpu": gpu, "mode": mode, "parked": parked}
 
-    async def _call_all(self, hosts: list[Slot], method: str) -> list[Any]:
-        """`method` on every Host at once; an error or a Host silent past the watchdog is its
-        answer (a frozen Host must not hold up a pause)."""
-        calls = (asyncio.wait_for(asyncio.wrap_future(getattr(s.handle, method).remote().future()),
-                                  self.cfg.watchdog_s) for s in hosts)
+    async def _call_all(self, hosts: list[Slot], method: str, timeout_s: float | None = None) -> list[Any]:
+        """`method` on every Host at once; an error or a Host silent past `timeout_s` (default
+        the watchdog) is its answer (a frozen Host must not hold up a pause or a reading)."""
+        wait = self.cfg.watchdog_s if timeout_s is None else timeout_s
+        calls = (asyncio.wait_for(asyncio.wrap_future(getattr(s.handle, method).remote().future()), wait)
+                 for s in hosts)
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
     async def resume(self) -> dict[str, Any]:
