@@ -108,6 +108,11 @@ class DeviceSim(Section):
         0.0, ge=0, description="Seconds after the engine starts before `used_mib` is read "
         "(0 until then): memory pressure that arrives while agents are resident.",
     )
+    used_from_steps: int = Field(
+        0, ge=0, description="Steps the engine answers before `used_mib` is read (0 until "
+        "then), as well as `used_from_s`: pressure that arrives while agents are at work "
+        "however slow the machine is.",
+    )
 
 
 class EngineConfig(Section):

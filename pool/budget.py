@@ -12,7 +12,9 @@ priority first (stable within a priority) as a pure fold over a working copy of 
 demand goes to the GPU with the most headroom that has a free slot and room; failing that, it
 parks the cheapest set of residents on one GPU that makes room; failing that, it is deferred. A
 demand that moves off a GPU under memory pressure (`avoid_gpu`) goes there only when no other GPU
-can take it. A demand never crosses the budget, so the invariant "on every GPU, residents <= slots
+can take it. A GPU over its limit when the plan starts takes no one in that plan: the pool counts
+memory freed by shedding only once a new reading shows it, so an agent placed there would only
+be shed again. A demand never crosses the budget, so the invariant "on every GPU, residents <= slots
 and base + extra + footprints <= limit" holds after `apply_plan` whenever it held before, and a
 GPU over its limit is brought back within it unless only busy residents are left there.
 
@@ -154,11 +156,13 @@ def served_order(demand: Iterable[Demand]) -> tuple[Demand, ...]:
 def plan(residents: Sequence[Resident], demand: Sequence[Demand], ledger: Ledger) -> Plan:
     """Activations and parkings that serve `demand` without crossing the ledger."""
     resident_ids = {r.agent_id for r in residents}
+    pressed = frozenset(g for g in range(ledger.num_gpus)
+                        if ledger.used(residents, g) > ledger.limit_mib)
     state = _shed(_Working(residents=tuple(residents)), ledger)
     shed = state.park
     for d in served_order(demand):
         if d.agent_id not in resident_ids:
-            state = _serve(state, d, ledger)
+            state = _serve(state, d, ledger, pressed)
     return Plan(activate=state.activate, park=state.park, deferred=state.deferred, shed=shed)
 
 
@@ -177,12 +181,13 @@ def _shed(state: _Working, ledger: Ledger) -> _Working:
     return state
 
 
-def _serve(state: _Working, d: Demand, ledger: Ledger) -> _Working:
+def _serve(state: _Working, d: Demand, ledger: Ledger, pressed: frozenset[int]) -> _Working:
     if ledger.base_mib + d.footprint_mib > ledger.limit_mib:
         return replace(state, deferred=(*state.deferred, d.agent_id))
-    choice = _place(state, d, ledger, others_only=d.avoid_gpu is not None)
-    if choice is None and d.avoid_gpu is not None:  # nowhere else: its own GPU after all
-        choice = _place(state, d, ledger, others_only=False)
+    gpus = [g for g in range(ledger.num_gpus) if g not in pressed]
+    choice = _place(state, d, ledger, [g for g in gpus if g != d.avoid_gpu])
+    if choice is None and d.avoid_gpu in gpus:  # nowhere else: its own GPU after all
+        choice = _place(state, d, ledger, [d.avoid_gpu])
     if choice is None:
         return replace(state, deferred=(*state.deferred, d.agent_id))
     gpu, victims = choice
@@ -199,11 +204,10 @@ def _serve(state: _Working, d: Demand, ledger: Ledger) -> _Working:
 
 
 def _place(
-    state: _Working, d: Demand, ledger: Ledger, others_only: bool
+    state: _Working, d: Demand, ledger: Ledger, gpus: Sequence[int]
 ) -> tuple[int, tuple[Resident, ...]] | None:
-    """A GPU for `d` and the residents to park there: a free GPU first, else the cheapest
-    eviction; with `others_only`, never `d.avoid_gpu`."""
-    gpus = [g for g in range(ledger.num_gpus) if not (others_only and g == d.avoid_gpu)]
+    """One of `gpus` for `d` and the residents to park there: a free GPU first, else the
+    cheapest eviction."""
     gpu = _free_gpu(state.residents, d, ledger, gpus)
     if gpu is not None:
         return gpu, ()

@@ -189,11 +189,12 @@ class PoolManager(VramControl, Queries):
         await asyncio.gather(*(self._park(by_agent[a], why="memory pressure" if a in p.shed else "")
                                for a in p.park))
         binds = []
+        over = self._over_limit()  # a reading may have landed while the parks were awaited
         for placement in p.activate:
             slot = self._free_slot(placement.agent_id, placement.gpu)
-            if slot is not None:
+            if slot is not None and placement.gpu not in over:  # else: left to the next pass
                 slot.busy, slot.agent = True, placement.agent_id  # reserved before any await
-                binds.append(self._activate(slot, placement.agent_id))
+                binds.append(self._activate(slot, placement.agent_id, time.perf_counter()))
         await asyncio.gather(*binds)
         self._note_residency()
 
@@ -242,13 +243,13 @@ class PoolManager(VramControl, Queries):
             self.registry.want(agent_id)
         self._wake.set()  # a freed slot or a migrating agent: schedule again
 
-    async def _activate(self, slot: Slot, agent_id: str) -> None:
+    async def _activate(self, slot: Slot, agent_id: str, started: float) -> None:
+        """Bind `agent_id` on `slot`, reserved for it at `started` (perf_counter)."""
         entry = self.registry.get(agent_id)
         latest = self.store.latest(agent_id)
         entry.epoch = max(entry.epoch, latest.epoch if latest else 0) + 1
         self.registry.unwant(agent_id)
         entry.host = slot.host_id
-        started = time.perf_counter()
         late = asyncio.ensure_future(self._bind(slot, agent_id, entry))
         if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
             self._spawn_stalled(slot, agent_id, late, "bind")
@@ -452,7 +453,7 @@ class PoolManager(VramControl, Queries):
         it meanwhile and charged with a crash that was not its own."""
         for _ in range(120):
             try:
-                await asyncio.wait_for(asyncio.wrap_future(slot.handle.info.remote().future()), 30)
+                await asyncio.wait_for(_future(slot.handle.info.remote()), 30)
                 break
             except (RayError, TimeoutError):
                 await asyncio.sleep(0.5)

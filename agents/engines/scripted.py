@@ -90,11 +90,13 @@ class ScriptedEngine:
         self._states: dict[str, bytes] = {}
         self.asleep = False
         self._born = time.monotonic()
+        self._steps = 0  # generate calls so far
 
     def generate(self, req: GenRequest) -> GenResult:
         started = time.perf_counter()
         if self.asleep:
             raise EngineFault(FaultClass.CRASH, "engine is asleep: wake_up() first")
+        self._steps += 1
         if self.cfg.step_cost_s:
             time.sleep(self.cfg.step_cost_s)
         fault = fault_of(self.cfg.seed, req.task_id, self.rates)
@@ -149,7 +151,9 @@ class ScriptedEngine:
         if not used:
             return {"available": False, "reason": "no GPU: VRAM is not measured"}
         gpu = visible_gpu()  # one reading per device: every Host of the GPU returns the same id
-        arrived = time.monotonic() - self._born >= self.cfg.device.used_from_s
+        device = self.cfg.device
+        arrived = (time.monotonic() - self._born >= device.used_from_s
+                   and self._steps >= device.used_from_steps)
         return {"available": True, "source": "simulated", "id": f"sim-gpu-{gpu}", "scope": "gpu",
                 "used_mib": float(used.get(gpu, 0)) if arrived else 0.0}
 

@@ -44,9 +44,9 @@ def _settings(**engine: Any) -> Settings:
 def test_a_gpu_measured_over_its_limit_sheds_its_agents_to_the_other_gpu(
     two_gpus: None, tmp_path: Path
 ) -> None:
-    # From 1 s on, GPU 0 reads 7200 MiB used by the pool: over the 6963 MiB limit whatever its
-    # residents are, while they are at work (300 steps of 50 ms on 6 Hosts last 2.5 s at least).
-    settings = _settings(device={"used_mib": {0: 7200, 1: 0}, "used_from_s": 1.0},
+    # Once one of its Hosts answered 6 steps, GPU 0 reads 7200 MiB used by the pool: over the
+    # 6963 MiB limit whatever its residents are, while they are at work (9 agents, 300 tasks).
+    settings = _settings(device={"used_mib": {0: 7200, 1: 0}, "used_from_steps": 6},
                          step_cost_s=0.05)
     tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(300, agents=9, seed=4))
     out = tmp_path / "out"
@@ -63,7 +63,8 @@ def test_a_gpu_measured_over_its_limit_sheds_its_agents_to_the_other_gpu(
     assert gpu1 and all(e["extra_mib"] == 0 for e in gpu1)  # measured below the ledger
 
     first = min(e["ts"] for e in gpu0)
-    late = [e for e in events if e["event"] == "pool.activated" and e["ts"] > first]
+    # Placed after the reading: the Host was reserved (the bind began) after it.
+    late = [e for e in events if e["event"] == "pool.activated" and e["ts"] - e["latency_s"] > first]
     assert late and all(e["gpu"] == 1 for e in late), "nothing is placed on the pressed GPU"
     moved = [e for e in events if e["event"] == "pool.migrated" and "memory pressure" in e["why"]]
     assert moved, "agents with work on the pressed GPU moved to the other one"
@@ -145,7 +146,7 @@ def test_busy_agents_under_pressure_with_the_default_fault_mix_stay_alive(
     throughput, and a migration's park must not race another park of the same Host."""
     settings = load_settings(overrides={
         "engine": {"kind": "scripted", "step_cost_s": 0.01,
-                   "device": {"used_mib": {0: 7200, 1: 0}, "used_from_s": 1.0}},
+                   "device": {"used_mib": {0: 7200, 1: 0}, "used_from_steps": 20}},
         "pool": {"num_gpus": 2, "slots_per_gpu": 3, "reconcile_s": 0.3},
     })
     tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(1200, agents=6, seed=5))

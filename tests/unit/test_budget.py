@@ -170,6 +170,16 @@ def test_shedding_stops_at_busy_residents_and_nothing_is_placed_there() -> None:
     assert p.shed == ("i",) and p.activate == (Placement("x", 1),)
 
 
+def test_a_gpu_over_its_limit_takes_no_one_in_the_plan_that_sheds_it() -> None:
+    # The pool counts memory freed by shedding only once a new reading shows it, so a GPU over
+    # its limit must not take an agent back in the same plan (it would be shed again: churn).
+    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2).with_extra(0, 750)  # 1050
+    residents = [res("i1", last_used=1.0), res("i2", last_used=2.0),
+                 res("b1", gpu=1, busy=True), res("b2", gpu=1, busy=True)]
+    p = plan(residents, [dem("x"), Demand("m", 5, 100, avoid_gpu=0)], ledger)
+    assert p.shed == p.park == ("i1",) and not p.activate and set(p.deferred) == {"x", "m"}
+
+
 def test_a_migration_off_a_pressed_gpu_goes_elsewhere_even_by_parking() -> None:
     ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
     moving = Demand("m", 5, 100, avoid_gpu=0)
@@ -293,6 +303,8 @@ def check_invariants(
         if ledger.used(after, gpu) > ledger.limit_mib:  # only what parking cannot free keeps it over
             on = [r for r in after if r.gpu == gpu and r.footprint_mib]
             assert all(r.agent_id in by_id and by_id[r.agent_id].busy for r in on)
+            assert gpu not in placed.values()
+        if ledger.used(before, gpu) > ledger.limit_mib:  # closed until a new reading
             assert gpu not in placed.values()
     assert all(0 <= r.gpu < ledger.num_gpus for r in after)
     return after

@@ -186,6 +186,18 @@ def test_engine_device_methods_and_their_fallbacks(tmp_path: Path) -> None:
     assert host.pause_engine() is False
 
 
+def test_simulated_pressure_arrives_after_the_steps_the_engine_answered() -> None:
+    engine = ScriptedEngine(EngineConfig(kind="scripted", device={"used_mib": {0: 700},
+                                                                  "used_from_steps": 2}))
+    req = GenRequest(agent_id="a1", task_id="t", system_prompt="", prompt="p",
+                     params=GenerationParams())
+    seen = []
+    for _ in range(3):
+        seen.append(engine.measure()["used_mib"])
+        engine.generate(req)
+    assert seen == [0.0, 0.0, 700.0]
+
+
 def test_readings_of_one_gpu_count_each_id_once_and_a_missing_one_spoils_the_sum() -> None:
     from agents.engines.gpumem import total_used
 
