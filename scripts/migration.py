@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             ("pool: tier-2 migrate (OOM)", by_cause["tier 2"]), ("pool: all", pool_s),
             ("new actor per agent", naive_s)]
     for name, st in rows:
-        table.add_row(name, str(st["n"]), *(f"{st[q]:.3f}" for q in ("p50", "p90", "p99")))
+        figures = (f"{st[q]:.3f}" if st["n"] else "-" for q in ("p50", "p90", "p99"))
+        table.add_row(name, str(st["n"]), *figures)
     console.print(table)
     ratio = naive_s["p50"] / pool_s["p50"] if pool_s["p50"] else float("inf")
     pairs = Counter(f"gpu {e['src_gpu']} -> gpu {e['dst_gpu']}" for e in moved)
