@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import NAMESPACE
+from chaos_harness import NAMESPACE
 
 from agents.models import MAX_PROMPT_CHARS
 from pool.checks import run_checks

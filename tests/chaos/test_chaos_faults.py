@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import NAMESPACE, Run, assert_checks, settings
+from chaos_harness import NAMESPACE, Run, assert_checks, settings
 
 from agents.models import AgentRecord, AgentSpec
 from pool.actors import MANAGER_NAME, MONITOR_NAME

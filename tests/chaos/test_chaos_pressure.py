@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import Run, assert_checks, settings, start_ray
+from chaos_harness import Run, assert_checks, settings, start_ray
 
 from agents.models import AgentRecord, AgentSpec
 from pool.checkpoint import CheckpointStore
