@@ -113,6 +113,10 @@ class DeviceSim(Section):
         "then), as well as `used_from_s`: pressure that arrives while agents are at work "
         "however slow the machine is.",
     )
+    used_for_s: float = Field(
+        0.0, ge=0, description="Seconds the reading lasts once it arrived (then 0 again: "
+        "another tenant left); 0: for ever.",
+    )
 
 
 class EngineConfig(Section):

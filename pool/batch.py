@@ -145,6 +145,7 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=not opts.progress) as bar:
         job = bar.add_task("tasks", total=len(todo))
+        stuck = False  # every GPU over its memory limit: nothing can run until memory is freed
         while waiting:
             time.sleep(POLL_S)
             got = _drain(manager)
@@ -153,7 +154,15 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
             new = ledger.append(r for r in got["results"] if r.task_id in waiting)
             waiting.difference_update(r.task_id for r in new)
             write_jsonl(opts.out / "events.jsonl", got["events"])
-            bar.update(job, advance=len(new))
+            pressed = got["pressed"]
+            bar.update(job, advance=len(new), description=_describe(pressed))
+            if len(pressed) == got["gpus"] and not stuck:
+                write_jsonl(opts.out / "events.jsonl", [{"event": "driver.waiting_for_memory",
+                                                         "ts": time.time(), "gpus": pressed}])
+                console.print("[yellow]every GPU is over its memory limit[/] (another process "
+                              "holds it?): tasks wait until a reading shows it freed; see "
+                              "`selfheal status`")
+            stuck = len(pressed) == got["gpus"]
             if got["boot"] != boot and waiting:  # the manager restarted empty: feed it again
                 write_jsonl(opts.out / "events.jsonl", [{"event": "driver.manager_restarted",
                                                          "resubmitted": len(waiting)}])
@@ -164,6 +173,12 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
         from agents.engines.vllm_shared import engine_events
 
         write_jsonl(opts.out / "events.jsonl", engine_events(opts.settings.pool.namespace))
+
+
+def _describe(pressed: list[dict[str, Any]]) -> str:
+    """The progress bar's label: the GPUs under memory pressure, if any."""
+    over = ", ".join(f"GPU {p['gpu']} {p['used_mib']}/{p['limit_mib']} MiB" for p in pressed)
+    return f"tasks (over memory limit: {over})" if over else "tasks"
 
 
 def _feed(manager: Any, specs: list[AgentSpec], tasks: list[Task]) -> str | None:

@@ -526,7 +526,10 @@ class PoolManager(VramControl, Queries):
         with contextlib.suppress(RayError, TimeoutError):
             events.extend(await asyncio.wait_for(self.monitor.drain_events.remote(), timeout=5))
         self.trail.feed(events)
-        return {"results": results, "events": events, "queued": self._queued(), "boot": self.boot}
+        pressed = [{"gpu": g, "used_mib": self.ledger.used(self._residents_on(g), g),
+                    "limit_mib": round(self.ledger.limit_mib)} for g in sorted(self._over_limit())]
+        return {"results": results, "events": events, "queued": self._queued(), "boot": self.boot,
+                "pressed": pressed, "gpus": self.ledger.num_gpus}
 
     async def release(self, agent_id: str) -> bool:
         """A person releases a FAILED agent back to DORMANT."""

@@ -91,6 +91,7 @@ class ScriptedEngine:
         self.asleep = False
         self._born = time.monotonic()
         self._steps = 0  # generate calls so far
+        self._pressed_at: float | None = None  # when the simulated reading first arrived
 
     def generate(self, req: GenRequest) -> GenResult:
         started = time.perf_counter()
@@ -151,11 +152,14 @@ class ScriptedEngine:
         if not used:
             return {"available": False, "reason": "no GPU: VRAM is not measured"}
         gpu = visible_gpu()  # one reading per device: every Host of the GPU returns the same id
-        device = self.cfg.device
-        arrived = (time.monotonic() - self._born >= device.used_from_s
-                   and self._steps >= device.used_from_steps)
+        device, now = self.cfg.device, time.monotonic()
+        if self._pressed_at is None and (now - self._born >= device.used_from_s
+                                         and self._steps >= device.used_from_steps):
+            self._pressed_at = now
+        pressed = self._pressed_at is not None and not (
+            device.used_for_s and now - self._pressed_at >= device.used_for_s)
         return {"available": True, "source": "simulated", "id": f"sim-gpu-{gpu}", "scope": "gpu",
-                "used_mib": float(used.get(gpu, 0)) if arrived else 0.0}
+                "used_mib": float(used.get(gpu, 0)) if pressed else 0.0}
 
     def close(self) -> None:
         self._states.clear()

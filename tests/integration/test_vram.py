@@ -87,6 +87,36 @@ def test_without_a_device_reading_reconciliation_stops_with_one_line(
     assert not [e for e in events if e["event"] == "pool.vram_reconciled"]
 
 
+def test_with_every_gpu_over_its_limit_the_run_waits_then_goes_on_when_memory_is_freed(
+    two_gpus: None, tmp_path: Path
+) -> None:
+    # Once a Host answered 4 steps, its GPU reads 7200 MiB (over the 6963 MiB limit) for 5 s,
+    # then 0: another tenant came and left. When both GPUs read so, nothing can move: the run
+    # waits and says so.
+    settings = _settings(device={"used_mib": {0: 7200, 1: 7200}, "used_from_steps": 4,
+                                 "used_for_s": 5.0})
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(60, agents=3, seed=6))
+    out = tmp_path / "out"
+    run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=3, progress=False))
+
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 60 and all(r["status"] == "succeeded" for r in rows)
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    waits = [e for e in events if e["event"] == "driver.waiting_for_memory"]
+    assert waits and [g["gpu"] for g in waits[0]["gpus"]] == [0, 1]
+    assert all(g["used_mib"] > g["limit_mib"] for g in waits[0]["gpus"])
+    assert [e for e in events if e["event"] == "pool.parked" and e["why"] == "memory pressure"]
+    bound = [(e["ts"] - e["latency_s"], e["gpu"]) for e in events if e["event"] == "pool.activated"]
+    freed = []
+    for gpu in (0, 1):  # nothing was bound on a GPU while it read over its limit
+        readings = [(e["ts"], e["measured_mib"]) for e in events
+                    if e["event"] == "pool.vram_reconciled" and e["gpu"] == gpu]
+        pressed = min(ts for ts, mib in readings if mib == 7200)
+        freed.append(min(ts for ts, mib in readings if mib == 0 and ts > pressed))
+        assert not [t for t, g in bound if g == gpu and pressed < t < freed[-1]]
+    assert [t for t, _ in bound if t > min(freed)], "work went on once a reading freed a GPU"
+
+
 def _wait_results(manager: Any, want: int, timeout_s: float = 60.0) -> list[Any]:
     import ray
 

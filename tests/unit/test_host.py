@@ -198,6 +198,18 @@ def test_simulated_pressure_arrives_after_the_steps_the_engine_answered() -> Non
     assert seen == [0.0, 0.0, 700.0]
 
 
+def test_simulated_pressure_ends_after_used_for_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("agents.engines.scripted.time.monotonic", lambda: clock[0])
+    engine = ScriptedEngine(EngineConfig(kind="scripted", device={"used_mib": {0: 700},
+                                                                  "used_from_s": 1, "used_for_s": 2}))
+    seen = []
+    for t in (100.5, 101.0, 102.5, 103.0, 104.0):
+        clock[0] = t
+        seen.append(engine.measure()["used_mib"])
+    assert seen == [0.0, 700.0, 700.0, 0.0, 0.0]
+
+
 def test_readings_of_one_gpu_count_each_id_once_and_a_missing_one_spoils_the_sum() -> None:
     from agents.engines.gpumem import total_used
 

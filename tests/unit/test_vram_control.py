@@ -79,6 +79,24 @@ def test_a_reading_sets_the_gpus_extra_and_counts_a_shared_engine_once() -> None
     assert (e["ledger_mib"], e["measured_mib"], e["diff_mib"]) == (920, 2000, 1080)
 
 
+def test_a_reading_that_frees_a_pressed_gpu_wakes_the_scheduler() -> None:
+    # Every resident was shed: nothing else would wake the pass that places the waiting work.
+    host = _Host(measure={"available": True, "id": "g", "scope": "gpu", "used_mib": 7200.0})
+    p = _Pool([host], [None])
+    asyncio.run(p.reconcile())
+    assert p._wake.is_set()  # over the limit: the next pass sheds
+    p._wake.clear()
+    asyncio.run(p.reconcile())
+    assert p._wake.is_set()  # still over the limit
+    p._wake.clear()
+    host.measure = _Call({"available": True, "id": "g", "scope": "gpu", "used_mib": 0.0})
+    asyncio.run(p.reconcile())
+    assert p.ledger.extra(0) == 0 and p._wake.is_set()  # freed: the next pass places work
+    p._wake.clear()
+    asyncio.run(p.reconcile())
+    assert not p._wake.is_set()  # nothing changed within the limit: no pass for nothing
+
+
 def test_a_reserving_engine_is_measured_against_its_reservation() -> None:
     reading = {"available": True, "id": "e", "scope": "gpu", "used_mib": 7100.0, "reserved_mib": 7000}
     p = _Pool([_Host(measure=reading)], ["a"])
