@@ -146,6 +146,7 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
                   TimeElapsedColumn(), console=console, disable=not opts.progress) as bar:
         job = bar.add_task("tasks", total=len(todo))
         stuck = False  # every GPU over its memory limit: nothing can run until memory is freed
+        paused = False  # the GPUs are given back (`selfheal pause`) until `selfheal resume`
         while waiting:
             time.sleep(POLL_S)
             got = _drain(manager)
@@ -155,7 +156,11 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
             waiting.difference_update(r.task_id for r in new)
             write_jsonl(opts.out / "events.jsonl", got["events"])
             pressed = got["pressed"]
-            bar.update(job, advance=len(new), description=_describe(pressed))
+            bar.update(job, advance=len(new), description=_describe(pressed, got["paused"]))
+            if got["paused"] and not paused:
+                console.print("[yellow]the pool is paused[/] (`selfheal pause`): tasks wait until "
+                              "`selfheal resume`")
+            paused = got["paused"]
             if len(pressed) == got["gpus"] and not stuck:
                 write_jsonl(opts.out / "events.jsonl", [{"event": "driver.waiting_for_memory",
                                                          "ts": time.time(), "gpus": pressed}])
@@ -175,8 +180,10 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
         write_jsonl(opts.out / "events.jsonl", engine_events(opts.settings.pool.namespace))
 
 
-def _describe(pressed: list[dict[str, Any]]) -> str:
-    """The progress bar's label: the GPUs under memory pressure, if any."""
+def _describe(pressed: list[dict[str, Any]], paused: bool) -> str:
+    """The progress bar's label: paused, or the GPUs under memory pressure, if any."""
+    if paused:
+        return "tasks (paused: waiting for `selfheal resume`)"
     over = ", ".join(f"GPU {p['gpu']} {p['used_mib']}/{p['limit_mib']} MiB" for p in pressed)
     return f"tasks (over memory limit: {over})" if over else "tasks"
 

@@ -97,6 +97,7 @@ class PoolManager(VramControl, Queries):
             place_on_gpus(self.slots, infos)
             self.events.emit("pool.started", hosts=len(self.slots), gpus=self.ledger.num_gpus,
                              nodes=len({i["node"] for i in infos}))
+            self._restore_pause()
         if self._loop is None:
             loop = asyncio.get_running_loop()
             self._loop = loop.create_task(self._run_loop())
@@ -529,7 +530,7 @@ class PoolManager(VramControl, Queries):
         pressed = [{"gpu": g, "used_mib": self.ledger.used(self._residents_on(g), g),
                     "limit_mib": round(self.ledger.limit_mib)} for g in sorted(self._over_limit())]
         return {"results": results, "events": events, "queued": self._queued(), "boot": self.boot,
-                "pressed": pressed, "gpus": self.ledger.num_gpus}
+                "pressed": pressed, "gpus": self.ledger.num_gpus, "paused": bool(self.paused)}
 
     async def release(self, agent_id: str) -> bool:
         """A person releases a FAILED agent back to DORMANT."""

@@ -16,8 +16,11 @@ is not an error.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from agents.config import PoolConfig
@@ -28,10 +31,12 @@ from pool.budget import Ledger, Resident
 from pool.slots import Slot
 
 MEASURE_TIMEOUT_S = 10.0
+PAUSE_FILE = "paused.json"  # in the checkpoint store: a pause outlives a manager restart
 
 
 class VramControl:
     cfg: PoolConfig
+    store_root: str
     slots: list[Slot]
     ledger: Ledger
     events: EventSink
@@ -132,11 +137,13 @@ class VramControl:
         started = time.perf_counter()
         for gpu in range(self.ledger.num_gpus):
             self.paused.setdefault(gpu, "pausing")
+        self._keep_pause(True)
         deadline = time.monotonic() + timeout_s
         while any(s.busy and s.host_id not in self.reviving for s in self.slots):  # not zombies
             if time.monotonic() > deadline:
                 busy = sum(s.busy for s in self.slots)
                 self.paused.clear()
+                self._keep_pause(False)
                 self._wake.set()
                 raise UsageError(f"pause: {busy} Hosts still busy after {timeout_s:.0f} s; try again")
             await asyncio.sleep(0.05)
@@ -171,12 +178,34 @@ class VramControl:
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
     async def resume(self) -> dict[str, Any]:
-        """Take the GPUs again: wake sleeping engines; parked agents come back as work needs."""
-        woken = [g for g, mode in self.paused.items() if mode == "slept"]
-        for gpu in woken:
-            await self._call_all(self._live(gpu), "wake_engine")
+        """Take the GPUs again: wake sleeping engines; parked agents come back as work needs.
+        Every engine of a paused GPU is asked (waking is idempotent): after a manager restart,
+        a shared engine may still sleep under a pause the new Hosts never saw."""
+        woken = []
+        for gpu in sorted(self.paused):
+            if any(x is True for x in await self._call_all(self._live(gpu), "wake_engine")):
+                woken.append(gpu)
         self.paused.clear()
+        self._keep_pause(False)
         self.events.emit("pool.resumed", woken=woken)
         self._wake.set()
         return {"woken": woken}
+
+    def _keep_pause(self, on: bool) -> None:
+        """Record (or clear) the pause on disk, so that a restarted manager keeps it."""
+        path = Path(self.store_root) / PAUSE_FILE
+        if not on:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"paused_at": time.time()}))
+        os.replace(tmp, path)
+
+    def _restore_pause(self) -> None:
+        """At start: a pause recorded by an earlier manager stands. The new Hosts hold no agent,
+        so every GPU counts as parked until `resume`."""
+        if (Path(self.store_root) / PAUSE_FILE).exists():
+            self.paused = dict.fromkeys(range(self.ledger.num_gpus), "parked")
+            self.events.emit("pool.pause_restored", gpus=sorted(self.paused))
 

@@ -188,3 +188,40 @@ def test_busy_agents_under_pressure_with_the_default_fault_mix_stay_alive(
     failed = [r["error"] for r in rows if r["status"] == "failed"]
     assert len(failed) < 0.03 * len(rows) and all("fail_task" in e for e in failed), failed[:3]
     assert [e for e in events if e["event"] == "pool.migrated" and "memory pressure" in e["why"]]
+
+
+def test_a_pause_outlives_a_manager_restart(two_gpus: None, tmp_path: Path) -> None:
+    import ray
+
+    settings = _settings()
+    manager = fresh_manager(settings, tmp_path / "ckpt")
+    ray.get(manager.start.remote())
+    specs = [AgentSpec(agent_id=f"a{i}") for i in range(4)]
+    ray.get(manager.register.remote(specs))
+    ray.get(manager.pause.remote())
+    boot = ray.get(manager.drain.remote())["boot"]
+
+    ray.kill(manager, no_restart=False)  # Ray restarts it empty; the driver feeds it again
+    end = time.monotonic() + 60
+    while True:  # a call in flight while it restarts fails ("may or may not have been executed")
+        try:
+            if ray.get(manager.drain.remote())["boot"] != boot:
+                break
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+            pass
+        assert time.monotonic() < end, "the manager did not come back"
+        time.sleep(0.1)
+    ray.get(manager.start.remote())
+    ray.get(manager.register.remote(specs))
+    ray.get(manager.submit.remote(_tasks("after", 4)))
+    status = ray.get(manager.status.remote())
+    assert {g["paused"] for g in status["ledger"]} == {"parked"}
+    assert status["queued"] == 8 and not any(h["busy"] for h in status["hosts"])
+    assert ray.get(manager.drain.remote())["paused"] is True
+
+    ray.get(manager.resume.remote())
+    results = _wait_results(manager, 8)
+    assert sorted(r.task_id for r in results) == sorted(f"after-{i}" for i in range(8))
+    assert all(r.status.value == "succeeded" for r in results), [r.error for r in results]
+    assert not (tmp_path / "ckpt" / "paused.json").exists()
+    ray.kill(manager, no_restart=True)

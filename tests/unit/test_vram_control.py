@@ -4,6 +4,7 @@ calls answer, fail or never answer."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from concurrent.futures import Future
 from typing import Any
 
@@ -42,6 +43,7 @@ class _Host:
 class _Pool(VramControl):
     def __init__(self, hosts: list[_Host], agents: list[str | None]) -> None:
         self.cfg = PoolConfig(reconcile_s=0.01, watchdog_s=0.2)
+        self.store_root = tempfile.mkdtemp(prefix="vram-control-")
         self.slots = [Slot(h, f"h{i}", 0) for i, h in enumerate(hosts)]
         for slot, agent in zip(self.slots, agents, strict=True):
             slot.agent = agent
@@ -133,6 +135,22 @@ def test_pause_sleeps_engines_that_can_and_parks_where_one_cannot_or_is_silent()
     got = asyncio.run(frozen.pause())
     assert got["gpus"][0]["mode"] == "parked" and frozen.parked == ["a", "b"]
     assert frozen.paused == {0: "parked"}
+
+
+def test_a_pause_outlives_a_manager_restart_until_resume() -> None:
+    first = _Pool([_Host(pause_engine=True, wake_engine=True)], ["a"])
+    asyncio.run(first.pause())
+    # A new manager over the same store: its Hosts are new and hold no agent; the shared engine
+    # may still sleep, so resume asks every engine of a paused GPU.
+    again = _Pool([_Host(wake_engine=True)], [None])
+    again.store_root = first.store_root
+    again._restore_pause()
+    assert again.paused == {0: "parked"} and _events(again, "pool.pause_restored")
+    assert asyncio.run(again.resume()) == {"woken": [0]}
+    fresh = _Pool([_Host(wake_engine=False)], [None])
+    fresh.store_root = first.store_root
+    fresh._restore_pause()
+    assert fresh.paused == {}  # resumed: nothing left on disk
 
 
 def test_the_engine_base_enters_the_ledger_unless_no_agent_would_fit() -> None:
