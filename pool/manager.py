@@ -40,7 +40,7 @@ from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
 from pool.queries import Queries
 from pool.registry import Registry
-from pool.slots import HOST_GONE, Slot, cause, create_hosts, place_on_gpus
+from pool.slots import HOST_GONE, Slot, as_future, cause, create_hosts, place_on_gpus
 from pool.vram import VramControl
 
 Item = tuple[Task, Carry | None]
@@ -212,7 +212,7 @@ class PoolManager(VramControl, Queries):
         assert agent_id is not None
         slot.busy, kept = True, False
         pressed = self.ledger.used(self._residents_on(slot.gpu), slot.gpu) > self.ledger.limit_mib
-        late = _future(slot.handle.park.remote())
+        late = as_future(slot.handle.park.remote())
         if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
             self._spawn_stalled(slot, agent_id, late, "park")
             return
@@ -313,7 +313,7 @@ class PoolManager(VramControl, Queries):
                 for s in self.slots if s.agent and s.gpu == gpu]
 
     async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
-        late = _future(ref)
+        late = as_future(ref)
         done, _ = await asyncio.wait({late}, timeout=self.cfg.watchdog_s)
         if not done:  # a stalled Host: its agent moves on, the Host stays busy until it answers
             await self._stalled(slot, agent_id, batch, late, "run")
@@ -454,7 +454,7 @@ class PoolManager(VramControl, Queries):
         it meanwhile and charged with a crash that was not its own."""
         for _ in range(120):
             try:
-                await asyncio.wait_for(_future(slot.handle.info.remote()), 30)
+                await asyncio.wait_for(as_future(slot.handle.info.remote()), 30)
                 break
             except (RayError, TimeoutError):
                 await asyncio.sleep(0.5)
@@ -547,8 +547,3 @@ class PoolManager(VramControl, Queries):
         await self.monitor.release.remote(agent_id)
         self.events.emit("agent.released", agent_id=agent_id)
         return True
-
-
-def _future(ref: Any) -> asyncio.Future[Any]:
-    """An asyncio future of a Ray call (for `asyncio.wait` with the watchdog's timeout)."""
-    return asyncio.wrap_future(ref.future())

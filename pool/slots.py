@@ -7,6 +7,7 @@ a slot runs over all nodes (by node id, then Ray's GPU id), and a Host is pinned
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -85,6 +86,11 @@ def _spawn(options: Any, host_id: str, *args: Any) -> Any:
         except ValueError:  # ActorAlreadyExistsError: the old Host is still being torn down
             time.sleep(0.1)
     raise UsageError(f"Host name {host_id} stays taken: is another pool running in this namespace?")
+
+
+def as_future(ref: Any) -> asyncio.Future[Any]:
+    """An asyncio future of a Ray call (for `asyncio.wait` / `wait_for` with a timeout)."""
+    return asyncio.wrap_future(ref.future())
 
 
 def cause(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from agents.engines.gpumem import total_used
 from agents.errors import UsageError
 from agents.events import EventSink
 from pool.budget import Ledger, Resident
-from pool.slots import Slot
+from pool.slots import Slot, as_future
 
 MEASURE_TIMEOUT_S = 10.0
 PAUSE_FILE = "paused.json"  # in the checkpoint store: a pause outlives a manager restart
@@ -173,8 +173,7 @@ class VramControl:
         """`method` on every Host at once; an error or a Host silent past `timeout_s` (default
         the watchdog) is its answer (a frozen Host must not hold up a pause or a reading)."""
         wait = self.cfg.watchdog_s if timeout_s is None else timeout_s
-        calls = (asyncio.wait_for(asyncio.wrap_future(getattr(s.handle, method).remote().future()), wait)
-                 for s in hosts)
+        calls = (asyncio.wait_for(as_future(getattr(s.handle, method).remote()), wait) for s in hosts)
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
     async def resume(self) -> dict[str, Any]:
