@@ -118,6 +118,10 @@ class Ledger:
     def used(self, residents: Iterable[Resident], gpu: int) -> int:
         return self.accounted(residents, gpu) + self.extra(gpu)
 
+    def over_limit(self, residents: Iterable[Resident], gpu: int) -> bool:
+        """Whether `gpu` holds more than the limit (a reading found memory the ledger missed)."""
+        return self.used(residents, gpu) > self.limit_mib
+
     def headroom(self, residents: Iterable[Resident], gpu: int) -> float:
         """Share of the limit still free on `gpu`; negative when over it."""
         return 1.0 - self.used(residents, gpu) / self.limit_mib
@@ -156,8 +160,7 @@ def served_order(demand: Iterable[Demand]) -> tuple[Demand, ...]:
 def plan(residents: Sequence[Resident], demand: Sequence[Demand], ledger: Ledger) -> Plan:
     """Activations and parkings that serve `demand` without crossing the ledger."""
     resident_ids = {r.agent_id for r in residents}
-    pressed = frozenset(g for g in range(ledger.num_gpus)
-                        if ledger.used(residents, g) > ledger.limit_mib)
+    pressed = frozenset(g for g in range(ledger.num_gpus) if ledger.over_limit(residents, g))
     state = _shed(_Working(residents=tuple(residents)), ledger)
     shed = state.park
     for d in served_order(demand):
@@ -173,7 +176,7 @@ def _shed(state: _Working, ledger: Ledger) -> _Working:
                       key=lambda r: (r.wanted, r.priority, r.last_used, r.agent_id))
         gone: list[str] = []
         for r in idle:
-            if ledger.used(state.residents, gpu) <= ledger.limit_mib:
+            if not ledger.over_limit(state.residents, gpu):
                 break
             gone.append(r.agent_id)
             state = replace(state, residents=tuple(x for x in state.residents if x is not r))

@@ -211,7 +211,7 @@ class PoolManager(VramControl, Queries):
         agent_id = slot.agent
         assert agent_id is not None
         slot.busy, kept = True, False
-        pressed = self.ledger.used(self._residents_on(slot.gpu), slot.gpu) > self.ledger.limit_mib
+        pressed = self.ledger.over_limit(self._residents_on(slot.gpu), slot.gpu)
         late = as_future(slot.handle.park.remote())
         if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
             self._spawn_stalled(slot, agent_id, late, "park")
@@ -306,7 +306,7 @@ class PoolManager(VramControl, Queries):
     def _over_limit(self) -> set[int]:
         """GPUs holding more than their limit (a reconciliation found memory the ledger missed)."""
         return {g for g in range(self.ledger.num_gpus)
-                if self.ledger.used(self._residents_on(g), g) > self.ledger.limit_mib}
+                if self.ledger.over_limit(self._residents_on(g), g)}
 
     def _residents_on(self, gpu: int) -> list[Resident]:
         return [Resident(s.agent, s.gpu, 0, 0.0, self.cfg.agent_kv_mib, s.busy, False)

@@ -114,8 +114,9 @@ class VramControl:
         used = total_used(whole or readings)  # per-process readings: every Host must answer
         if used is None:
             return ""
-        accounted = self.ledger.accounted(self._residents_on(gpu), gpu)
-        was_over = self.ledger.used(self._residents_on(gpu), gpu) > self.ledger.limit_mib
+        residents = self._residents_on(gpu)
+        accounted = self.ledger.accounted(residents, gpu)
+        was_over = self.ledger.over_limit(residents, gpu)
         # An engine that reserves its memory up front (vLLM) is measured against its
         # reservation, which the ledger divides among the residents; others against the ledger.
         reserved = next((float(r["reserved_mib"]) for r in whole if r.get("reserved_mib")), None)
@@ -125,7 +126,7 @@ class VramControl:
                          expected_mib=round(expected), measured_mib=round(used),
                          diff_mib=round(used - expected), extra_mib=self.ledger.extra(gpu),
                          reading=readings[0].get("source"))
-        if was_over or self.ledger.used(self._residents_on(gpu), gpu) > self.ledger.limit_mib:
+        if was_over or self.ledger.over_limit(residents, gpu):
             self._wake.set()  # the next pass sheds residents of this GPU, or places work there
         return ""
 

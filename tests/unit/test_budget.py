@@ -151,6 +151,7 @@ def test_measured_extra_counts_as_used() -> None:
     assert ledger.accounted(residents, 0) == 200
     assert ledger.used(residents, 0) == 1050
     assert ledger.headroom(residents, 0) == pytest.approx(-0.05)
+    assert ledger.over_limit(residents, 0) and not ledger.with_extra(0, 800).over_limit(residents, 0)
     assert ledger.with_extra(0, -30).extra(0) == 0  # measured below the ledger: nothing extra
 
 
