@@ -88,6 +88,14 @@ class CheckpointStore:
 
     # ---- writes -------------------------------------------------------------------------
 
+    def put_meta(self, name: str, data: bytes) -> None:
+        """A pool-level file at the root (not an agent's: a pause, say), as durable as a commit."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._write_durably(self.root / name, data)
+        except OSError as exc:
+            raise _storage_error(f"cannot write {name}", exc) from exc
+
     def write(self, record: AgentRecord, epoch: int) -> ManifestEntry:
         """Commit `record` as the agent's next version; committed only when this returns."""
         return self._commit(record.spec.agent_id, encode(record), epoch)

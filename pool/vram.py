@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from agents.config import PoolConfig
@@ -28,6 +26,7 @@ from agents.engines.gpumem import total_used
 from agents.errors import UsageError
 from agents.events import EventSink
 from pool.budget import Ledger, Resident
+from pool.checkpoint import CheckpointStore
 from pool.slots import Slot, as_future
 
 MEASURE_TIMEOUT_S = 10.0
@@ -36,7 +35,7 @@ PAUSE_FILE = "paused.json"  # in the checkpoint store: a pause outlives a manage
 
 class VramControl:
     cfg: PoolConfig
-    store_root: str
+    store: CheckpointStore
     slots: list[Slot]
     ledger: Ledger
     events: EventSink
@@ -192,20 +191,17 @@ class VramControl:
         return {"woken": woken}
 
     def _keep_pause(self, on: bool) -> None:
-        """Record (or clear) the pause on disk, so that a restarted manager keeps it."""
-        path = Path(self.store_root) / PAUSE_FILE
-        if not on:
-            path.unlink(missing_ok=True)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"paused_at": time.time()}))
-        os.replace(tmp, path)
+        """Record (or clear) the pause in the checkpoint store, so that a restarted manager
+        keeps it."""
+        if on:
+            self.store.put_meta(PAUSE_FILE, json.dumps({"paused_at": time.time()}).encode())
+        else:
+            (self.store.root / PAUSE_FILE).unlink(missing_ok=True)
 
     def _restore_pause(self) -> None:
         """At start: a pause recorded by an earlier manager stands. The new Hosts hold no agent,
         so every GPU counts as parked until `resume`."""
-        if (Path(self.store_root) / PAUSE_FILE).exists():
+        if (self.store.root / PAUSE_FILE).exists():
             self.paused = dict.fromkeys(range(self.ledger.num_gpus), "parked")
             self.events.emit("pool.pause_restored", gpus=sorted(self.paused))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pool.vram
 from agents.config import PoolConfig
 from agents.events import EventSink
 from pool.budget import Ledger, Resident
+from pool.checkpoint import CheckpointStore
 from pool.slots import Slot
 from pool.vram import VramControl
 
@@ -43,7 +45,7 @@ class _Host:
 class _Pool(VramControl):
     def __init__(self, hosts: list[_Host], agents: list[str | None]) -> None:
         self.cfg = PoolConfig(reconcile_s=0.01, watchdog_s=0.2)
-        self.store_root = tempfile.mkdtemp(prefix="vram-control-")
+        self.store = CheckpointStore(Path(tempfile.mkdtemp(prefix="vram-control-")))
         self.slots = [Slot(h, f"h{i}", 0) for i, h in enumerate(hosts)]
         for slot, agent in zip(self.slots, agents, strict=True):
             slot.agent = agent
@@ -143,12 +145,12 @@ def test_a_pause_outlives_a_manager_restart_until_resume() -> None:
     # A new manager over the same store: its Hosts are new and hold no agent; the shared engine
     # may still sleep, so resume asks every engine of a paused GPU.
     again = _Pool([_Host(wake_engine=True)], [None])
-    again.store_root = first.store_root
+    again.store = first.store
     again._restore_pause()
     assert again.paused == {0: "parked"} and _events(again, "pool.pause_restored")
     assert asyncio.run(again.resume()) == {"woken": [0]}
     fresh = _Pool([_Host(wake_engine=False)], [None])
-    fresh.store_root = first.store_root
+    fresh.store = first.store
     fresh._restore_pause()
     assert fresh.paused == {}  # resumed: nothing left on disk
 
