@@ -34,6 +34,10 @@ def two_gpus() -> Iterator[None]:
     ray.shutdown()
 
 
+def _events(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+
+
 def _settings(**engine: Any) -> Settings:
     return load_settings(overrides={
         "engine": {"kind": "scripted", "faults": NO_FAULTS, "step_cost_s": 0.01, **engine},
@@ -55,7 +59,7 @@ def test_a_gpu_measured_over_its_limit_sheds_its_agents_to_the_other_gpu(
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert len({r["task_id"] for r in rows}) == len(rows) == 300
     assert all(r["status"] == "succeeded" for r in rows), [r["error"] for r in rows][:3]
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = _events(out)
     gpu0 = [e for e in events if e["event"] == "pool.vram_reconciled" and e["gpu"] == 0
             and e["measured_mib"] == 7200]
     assert gpu0 and all(e["extra_mib"] > 0 for e in gpu0)
@@ -81,7 +85,7 @@ def test_without_a_device_reading_reconciliation_stops_with_one_line(
     tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(6, agents=3, seed=2))
     out = tmp_path / "out"
     run_batch(RunOptions(tasks=tasks, out=out, settings=_settings(), agents=3, progress=False))
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = _events(out)
     unmeasured = [e for e in events if e["event"] == "pool.vram_unmeasured"]
     assert len(unmeasured) == 1 and "no GPU" in unmeasured[0]["reason"]
     assert not [e for e in events if e["event"] == "pool.vram_reconciled"]
@@ -101,7 +105,7 @@ def test_with_every_gpu_over_its_limit_the_run_waits_then_goes_on_when_memory_is
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert len(rows) == 60 and all(r["status"] == "succeeded" for r in rows)
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = _events(out)
     waits = [e for e in events if e["event"] == "driver.waiting_for_memory"]
     assert waits and [g["gpu"] for g in waits[0]["gpus"]] == [0, 1]
     assert all(g["used_mib"] > g["limit_mib"] for g in waits[0]["gpus"])
@@ -182,7 +186,7 @@ def test_busy_agents_under_pressure_with_the_default_fault_mix_stay_alive(
     tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(1200, agents=6, seed=5))
     out = tmp_path / "out"
     run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=6, progress=False))
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = _events(out)
     assert not [e for e in events if e["event"] == "pool.agent_failed"]
     rows = pq.read_table(out / "results.parquet").to_pylist()
     failed = [r["error"] for r in rows if r["status"] == "failed"]
