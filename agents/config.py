@@ -124,14 +124,32 @@ class EngineConfig(Section):
     model_path: Path | None = Field(
         None, description="GGUF file (llama_cpp) or HF folder (vllm); default: the shipped model."
     )
-    n_ctx: int = Field(2048, ge=256, le=32768, description="Context window in tokens.")
-    n_threads: int = Field(0, ge=0, le=256, description="Threads per Host; 0 = cores / hosts.")
+    n_ctx: int = Field(
+        2048, ge=256, le=32768, description="Context window of one agent in tokens (llama.cpp: "
+        "of each slot; the engine holds one slot per resident agent).",
+    )
+    n_threads: int = Field(
+        0, ge=0, le=256, description="Threads of the shared llama.cpp engine; 0 = every core."
+    )
+    n_gpu_layers: int | None = Field(
+        None, ge=0, le=100000, description="llama.cpp: layers on the GPU; default: all of them "
+        "when the engine sees a GPU, 0 otherwise.",
+    )
+    prompt_cache_mib: int = Field(
+        0, ge=0, description="llama.cpp: host-RAM prompt cache across slots (llama-server's "
+        "--cache-ram); 0: off, each agent's KV lives in its own slot and checkpoint.",
+    )
+    compute_mib: float = Field(
+        64.0, ge=0, description="llama.cpp: reserve for the engine's compute buffers until the "
+        "engine reports its own (the plan before it starts, `selfheal plan`).",
+    )
     memory_tokens: int = Field(
         512, ge=0, description="Token budget of the agent memory put into the prompt."
     )
     kv_snapshot: bool = Field(True, description="Keep the engine KV state in the checkpoint.")
     kv_max_bytes: int = Field(
-        8 * 1024 * 1024, ge=0, description="Largest KV snapshot kept in a checkpoint."
+        64 * 1024 * 1024, ge=0, description="Largest KV snapshot kept in a checkpoint; a larger "
+        "one is dropped (event `agent.kv_dropped`, counted in the summary).",
     )
     faults: FaultRates = Field(default_factory=FaultRates, description="Scripted engine faults.")
     step_cost_s: float = Field(0.0, ge=0, description="Scripted engine: seconds per step.")
@@ -145,13 +163,18 @@ class EngineConfig(Section):
 class PoolConfig(Section):
     budget_mib: int = Field(8192, ge=64, description="VRAM budget of one GPU in MiB.")
     watermark: float = Field(0.85, gt=0, le=1, description="Share of the budget the ledger may use.")
-    slots_per_gpu: int = Field(12, ge=1, le=256, description="Residents (Hosts) per GPU.")
+    slots_per_gpu: int = Field(
+        12, ge=1, le=256, description="Cap on residents (Hosts) per GPU; with llama.cpp the "
+        "budget may allow fewer (see `selfheal plan`).",
+    )
     num_gpus: int = Field(1, ge=1, le=64, description="GPUs (logical without hardware).")
     engine_base_mib: int = Field(
-        600, ge=0, description="Engine footprint per GPU: weights + context."
+        600, ge=0, description="Engine footprint per GPU until the engine reports its own "
+        "(scripted, vLLM; llama.cpp counts from the model's metadata).",
     )
     agent_kv_mib: int = Field(
-        320, ge=0, description="Footprint of one resident agent: KV cache + activations."
+        320, ge=0, description="Footprint of one resident agent (scripted, vLLM; llama.cpp "
+        "counts the tokens in the agent's KV slot).",
     )
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Durable checkpoint folder.")
     keep_versions: int = Field(3, ge=1, le=100, description="Checkpoint versions kept per agent.")

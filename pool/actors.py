@@ -1,7 +1,8 @@
 """The Ray edge: Host and HealthMonitor actors wrap the plain runtimes.
 
 Only this module and `pool/manager.py` import ray. A Host is created once, warm, with a
-fractional GPU, and reused for many agents; it loads its engine (model weights) once.
+fractional GPU, and reused for many agents; it holds no model: it calls its GPU's shared engine
+(one actor per GPU, see `agents.engines.shared`), in whose KV slot `slot` its agent lives.
 """
 
 from __future__ import annotations
@@ -25,19 +26,12 @@ MONITOR_NAME = "health-monitor"
 MANAGER_NAME = "pool-manager"
 
 
-def engine_threads(settings: Settings, hosts_per_node: int) -> int:
-    """Threads per Host so that the Hosts of a node do not oversubscribe its cores."""
-    if settings.engine.n_threads:
-        return settings.engine.n_threads
-    return max(1, (os.cpu_count() or 1) // max(1, min(hosts_per_node, os.cpu_count() or 1)))
-
-
 # `measure` has its own thread: a reading must not wait for the batch the Host is running.
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"device": 1})  # type: ignore[call-overload]
 class HostActor:
-    def __init__(self, host_id: str, settings: Settings, store_root: str, threads: int) -> None:
+    def __init__(self, host_id: str, settings: Settings, store_root: str, slot: int, slots: int) -> None:
         self.monitor = ray.get_actor(MONITOR_NAME, namespace=settings.pool.namespace)
-        engine = make_engine(settings.engine, n_threads=threads, pool=settings.pool)
+        engine = make_engine(settings.engine, pool=settings.pool, slot=slot, slots=slots)
         store = CheckpointStore(Path(store_root), keep=settings.pool.keep_versions)
         self.rt = HostRuntime(host_id, settings, engine, store, self._assess)
         self.gpu = (ray.get_gpu_ids() or ["0"])[0]
@@ -57,9 +51,10 @@ class HostActor:
 
     def run(
         self, tasks: list[tuple[Task, Carry | None]], headroom: float
-    ) -> tuple[list[Outcome], list[dict[str, Any]]]:
-        """Outcomes, and the events of the run (they ride back with the results)."""
-        return self.rt.run(tasks, headroom), self.rt.events.drain()
+    ) -> tuple[list[Outcome], list[dict[str, Any]], int]:
+        """Outcomes, the events of the run (they ride back with the results), and the tokens of
+        KV the engine holds for the agent afterwards."""
+        return self.rt.run(tasks, headroom), self.rt.events.drain(), self.rt.kv_tokens()
 
     def park(self) -> bytes:
         return self.rt.park()

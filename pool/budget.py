@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 
 from agents.config import PoolConfig
 
+MIB = 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Resident:
@@ -87,6 +89,8 @@ class Ledger:
     num_gpus: int  # GPUs, indexed 0..num_gpus-1
     slots_per_gpu: int  # residents (Hosts) per GPU
     extra_mib: tuple[int, ...] = ()  # per GPU: measured use the ledger does not account for
+    agent_mib: int = 0  # what an activation reserves for one more agent (llama.cpp: a full slot)
+    kv_bytes_per_token: int = 0  # llama.cpp: a resident counts its slot's tokens x this; 0: agent_mib
 
     @classmethod
     def from_config(cls, cfg: PoolConfig) -> Ledger:
@@ -96,11 +100,18 @@ class Ledger:
             base_mib=cfg.engine_base_mib,
             num_gpus=cfg.num_gpus,
             slots_per_gpu=cfg.slots_per_gpu,
+            agent_mib=cfg.agent_kv_mib,
         )
 
     @property
     def limit_mib(self) -> float:
         return self.budget_mib * self.watermark
+
+    def footprint(self, kv_tokens: int) -> int:
+        """MiB a resident holds: its slot's tokens of KV when they are counted, else agent_mib."""
+        if not self.kv_bytes_per_token:
+            return self.agent_mib
+        return -(-kv_tokens * self.kv_bytes_per_token // MIB)  # rounded up
 
     def extra(self, gpu: int) -> int:
         return self.extra_mib[gpu] if gpu < len(self.extra_mib) else 0

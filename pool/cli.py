@@ -87,13 +87,52 @@ def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, co
     _guard(go)
 
 
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+@main.command(help="How many agents one GPU holds with a GGUF model, and the arithmetic: the "
+                   "engine base (weights once per GPU, compute buffers) plus one KV slot of --ctx "
+                   "tokens per resident agent, under --budget-mib x --watermark.")
+@click.option("--model", "model", type=click.Path(path_type=Path),
+              help="GGUF file (default: the shipped SmolLM2-135M-Instruct Q4_1).")
+@click.option("--budget-mib", type=click.IntRange(min=64), default=8192, show_default=True,
+              help="VRAM of one GPU in MiB.")
+@click.option("--ctx", type=click.IntRange(min=256, max=32768), default=2048, show_default=True,
+              help="Context of one agent (its KV slot) in tokens.")
+@click.option("--watermark", type=click.FloatRange(min=0, max=1, min_open=True), default=0.85,
+              show_default=True, help="Share of the budget the pool may fill.")
+@click.option("--slots-per-gpu", type=click.IntRange(min=1, max=256), default=12,
+              show_default=True, help="Cap on residents per GPU.")
+@click.option("--compute-mib", type=click.FloatRange(min=0), default=64.0, show_default=True,
+              help="Reserve for llama.cpp's compute buffers (the engine reports its own at start).")
+@click.option("--cache-type", type=click.Choice(["f16", "bf16", "f32", "q8_0", "q4_0"]),
+              default="f16", show_default=True, help="KV cache element type.")
+@_JSON
+def plan(model: Path | None, budget_mib: int, ctx: int, watermark: float, slots_per_gpu: int,
+         compute_mib: float, cache_type: str, as_json: bool) -> None:
+    from agents.engines.llama_server import check_model_path, default_model_path
+    from agents.engines.memory import plan_memory, read_shape
+
+    def go() -> None:
+        shape = read_shape(check_model_path(model or default_model_path()))
+        p = plan_memory(shape, budget_mib, watermark, ctx, slots_per_gpu, compute_mib, cache_type)
+        if as_json:
+            import json
+
+            click.echo(json.dumps({"model": shape.name, "kv_bytes_per_token": p.kv_bytes_per_token,
+                                   "slot_mib": p.slot_mib, "base_mib": p.base_mib,
+                                   "limit_mib": p.limit_mib, "fit": p.fit, "residents": p.residents}))
+            return
+        click.echo("\n".join(p.lines()))
+
+    _guard(go)
+
 
 # -- operating a running pool ---------------------------------------------------------------
 _ADDRESS = click.option("--address", envvar="RAY_ADDRESS",
                         help="Ray cluster address (default: $RAY_ADDRESS, else the running one).")
 _NAMESPACE = click.option("--namespace", default="selfheal", show_default=True,
                           help="Ray namespace of the pool's named actors.")
-_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
 
 def _print(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:

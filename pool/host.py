@@ -102,16 +102,15 @@ class HostRuntime:
                     "state": record.state.value, "tier": tier}
         if record.state in RESIDENT:  # committed while resident on a Host that is gone
             record = record.model_copy(update={"state": next_state(record.state, Event.HOST_LOST)})
-        kv_restored = False
-        if record.kv_state and self.settings.engine.kv_snapshot:
-            kv_restored = self.engine.load_state(agent_id, record.kv_state)
+        kv = record.kv_state if self.settings.engine.kv_snapshot else None
+        kv_restored = self.engine.load_state(agent_id, kv)  # None: the slot starts empty
         self.agent = record.model_copy(update={"state": next_state(record.state, Event.ACTIVATE)})
         self.epoch = epoch
         elapsed = time.perf_counter() - started
         self.events.emit("agent.activated", agent_id=agent_id, host=self.host_id, epoch=epoch,
                          tier=tier, kv_restored=kv_restored, elapsed_s=round(elapsed, 6))
         return {"elapsed_s": elapsed, "kv_restored": kv_restored, "state": self.agent.state.value,
-                "tier": tier}
+                "tier": tier, "kv_tokens": self.kv_tokens()}
 
     def park(self) -> bytes:
         """Commit the agent's checkpoint and unbind it; returns the bytes for the hot tier."""
@@ -145,6 +144,10 @@ class HostRuntime:
         """The engine's reading of its GPU, else pynvml's reading of this process."""
         measure = getattr(self.engine, "measure", None)
         return dict(measure()) if measure else nvml_reading()
+
+    def kv_tokens(self) -> int:
+        """Tokens of KV the engine holds for the resident agent (0 for engines that do not say)."""
+        return int(getattr(self.engine, "kv_tokens", 0))
 
     def _commit(self, record: AgentRecord) -> bytes:
         data = codec.encode(record)
@@ -191,8 +194,11 @@ class HostRuntime:
         if not cfg.kv_snapshot or agent.state is AgentState.FAILED:
             return
         blob = self.engine.save_state(agent.spec.agent_id)
-        if blob is not None and len(blob) <= cfg.kv_max_bytes:
-            self.agent = agent.model_copy(update={"kv_state": blob})
+        if blob is not None and len(blob) > cfg.kv_max_bytes:
+            self.events.emit("agent.kv_dropped", agent_id=agent.spec.agent_id, bytes=len(blob),
+                             kv_max_bytes=cfg.kv_max_bytes, tokens=self.kv_tokens())
+            blob = None  # the next activation re-reads persona and memory
+        self.agent = agent.model_copy(update={"kv_state": blob})
 
     def _params(self, task: Task) -> GenerationParams:
         params = self._require().spec.generation

@@ -158,7 +158,7 @@ class PoolManager(VramControl, Queries):
         demands = self.registry.next_demands(max(1, free))
         if demands or self._over_limit():
             await self._apply(self._plan(demands))
-        over = self._over_limit() if self.cfg.agent_kv_mib else set()  # else: nothing to shed
+        over = self._over_limit() if self.ledger.agent_mib else set()  # else: nothing to shed
         for slot in self.slots:
             if slot.agent and not slot.busy and self.queues.get(slot.agent):
                 if slot.gpu in over:  # became idle while the pass ran: shed by the next pass,
@@ -169,12 +169,12 @@ class PoolManager(VramControl, Queries):
     def _plan(self, demands: list[str]) -> Any:
         residents = [
             Resident(s.agent, s.gpu, self.registry.get(s.agent).priority,
-                     self.registry.get(s.agent).last_used, self.cfg.agent_kv_mib, s.busy,
+                     self.registry.get(s.agent).last_used, self.ledger.footprint(s.kv_tokens), s.busy,
                      bool(self.queues.get(s.agent)))
             for s in self.slots if s.agent
         ] + [Resident(f"<dead {s.host_id}>", s.gpu, 9, 0.0, 0, True, False)  # never placed on
              for s in self.slots if s.dead or (s.agent is None and s.host_id in self.reviving)]
-        wanted = [Demand(a, self.registry.get(a).priority, self.cfg.agent_kv_mib,
+        wanted = [Demand(a, self.registry.get(a).priority, self.ledger.agent_mib,
                          m.src_gpu if (m := self.moving.get(a)) and m.off_gpu else None)
                   for a in demands]
         return plan(residents, wanted, self.ledger)
@@ -219,7 +219,7 @@ class PoolManager(VramControl, Queries):
         try:
             blob = late.result()
             if pressed:  # the GPU's reading stands until the next says this memory is free
-                extra = self.ledger.extra(slot.gpu) + self.cfg.agent_kv_mib
+                extra = self.ledger.extra(slot.gpu) + self.ledger.footprint(slot.kv_tokens)
                 self.ledger = self.ledger.with_extra(slot.gpu, extra)
             entry = self.registry.get(agent_id)
             entry.hot = ray.put(blob)
@@ -266,6 +266,7 @@ class PoolManager(VramControl, Queries):
         finally:
             slot.busy = False
         entry.last_used = time.monotonic()
+        slot.kv_tokens = int(info.get("kv_tokens", 0))
         self.events.extend(info["events"])
         self.registry.set_state(agent_id, AgentState(info["state"]))
         self.events.emit("pool.activated", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
@@ -309,7 +310,7 @@ class PoolManager(VramControl, Queries):
                 if self.ledger.over_limit(self._residents_on(g), g)}
 
     def _residents_on(self, gpu: int) -> list[Resident]:
-        return [Resident(s.agent, s.gpu, 0, 0.0, self.cfg.agent_kv_mib, s.busy, False)
+        return [Resident(s.agent, s.gpu, 0, 0.0, self.ledger.footprint(s.kv_tokens), s.busy, False)
                 for s in self.slots if s.agent and s.gpu == gpu]
 
     async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
@@ -319,7 +320,7 @@ class PoolManager(VramControl, Queries):
             await self._stalled(slot, agent_id, batch, late, "run")
             return
         try:
-            outcomes, events = late.result()
+            outcomes, events, slot.kv_tokens = late.result()
             self.events.extend(events)
         except HOST_GONE:
             self._host_lost(slot, batch)

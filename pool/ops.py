@@ -116,22 +116,24 @@ def status_view(s: dict[str, Any]) -> Group:
     for state, n in s["by_state"].items():
         states.add_row(state, str(n))
     gpus = Table(title="VRAM ledger")
-    for col in ("gpu", "residents", "used / limit MiB", "engine base", "measured extra",
-                "budget MiB", "paused"):
+    for col in ("gpu", "residents", "used / limit MiB", "engine base", "agents' KV",
+                "measured extra", "free MiB", "budget MiB", "paused"):
         gpus.add_column(col, justify="right")
     for g in s["ledger"]:
-        residents = sum(1 for h in s["hosts"] if h["gpu"] == g["gpu"] and h["agent"])
-        gpus.add_row(str(g["gpu"]), str(residents), f"{g['used_mib']:.0f} / {g['limit_mib']:.0f}",
-                     str(g["base_mib"]), str(g["extra_mib"] or ""), f"{g['budget_mib']:.0f}",
-                     g["paused"] or "")
+        on_gpu = [h for h in s["hosts"] if h["gpu"] == g["gpu"] and h["agent"]]
+        gpus.add_row(str(g["gpu"]), f"{len(on_gpu)} / {g.get('slots', '')}",
+                     f"{g['used_mib']:.0f} / {g['limit_mib']:.0f}", str(g["base_mib"]),
+                     str(sum(h.get("kv_mib", 0) for h in on_gpu)), str(g["extra_mib"] or ""),
+                     f"{g.get('free_mib', 0):.0f}", f"{g['budget_mib']:.0f}", g["paused"] or "")
     hosts = Table(title=f"Hosts ({len(s['hosts'])})")
-    for col in ("host", "gpu", "agent", "busy", "health", "lost"):
+    for col in ("host", "gpu", "agent", "busy", "health", "KV tokens / MiB", "lost"):
         hosts.add_column(col)
     for h in s["hosts"]:
         score = "" if h.get("score") is None else f"{h['score']:.2f}"
         lost = "node gone" if h.get("dead") else str(h["lost"] or "")
+        kv = f"{h.get('kv_tokens', 0)} / {h.get('kv_mib', 0)}" if h["agent"] else ""
         hosts.add_row(h["host"], str(h["gpu"]), h["agent"] or "-", "yes" if h["busy"] else "",
-                      score, lost)
+                      score, kv, lost)
     queue = f"queue: {s['queued']} tasks, {s['waiting_agents']} agents waiting to be activated"
     return Group(states, gpus, hosts, queue)
 

@@ -36,13 +36,18 @@ class Queries:
 
     async def status(self) -> dict[str, Any]:
         hosts = [{"host": s.host_id, "gpu": s.gpu, "agent": s.agent, "busy": s.busy,
-                  "lost": s.lost, "dead": s.dead} for s in self.slots]
+                  "lost": s.lost, "dead": s.dead, "kv_tokens": s.kv_tokens if s.agent else 0,
+                  "kv_mib": self.ledger.footprint(s.kv_tokens) if s.agent else 0}
+                 for s in self.slots]
         return {
             "agents": len(self.registry), "by_state": self.registry.counts(),
             "hosts": hosts, "queued": self._queued(), "waiting_agents": self.registry.waiting(),
             "ledger": [{"gpu": g, "used_mib": self.ledger.used(self._residents_on(g), g),
                         "extra_mib": self.ledger.extra(g), "base_mib": self.ledger.base_mib,
                         "limit_mib": self.ledger.limit_mib, "budget_mib": self.ledger.budget_mib,
+                        "free_mib": self.ledger.limit_mib - self.ledger.used(self._residents_on(g), g),
+                        "slots": self.ledger.slots_per_gpu,
+                        "kv_bytes_per_token": self.ledger.kv_bytes_per_token,
                         "paused": self.paused.get(g)}
                        for g in range(self.ledger.num_gpus)],
         }

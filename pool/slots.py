@@ -8,16 +8,19 @@ a slot runs over all nodes (by node id, then Ray's GPU id), and a Host is pinned
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from agents.config import Settings
+from agents.config import EngineKind, Settings
+from agents.engines.memory import MemoryPlan, plan_memory, read_shape
 from agents.errors import UsageError
-from pool.actors import HostActor, engine_threads
+from pool.actors import HostActor
 from pool.budget import Ledger
 
 # a Host that died, or cannot restart because its node is gone (hard node affinity)
@@ -27,7 +30,7 @@ HOST_GONE = (RayActorError, ActorUnschedulableError)
 class Slot:
     """A warm Host and what it holds."""
 
-    __slots__ = ("handle", "host_id", "gpu", "agent", "busy", "lost", "dead")
+    __slots__ = ("handle", "host_id", "gpu", "agent", "busy", "lost", "dead", "kv_tokens")
 
     def __init__(self, handle: Any, host_id: str, gpu: int) -> None:
         self.handle = handle
@@ -37,24 +40,47 @@ class Slot:
         self.busy = False  # a call (run, park, bind) is in flight
         self.lost = 0  # times this Host died under an agent
         self.dead = False  # its node is gone: the Host can never restart there
+        self.kv_tokens = 0  # KV the engine holds for its agent, as the Host last reported
 
     @property
     def node(self) -> str:
         return self.host_id.split("-")[1]
 
 
+def memory_plan(settings: Settings) -> MemoryPlan | None:
+    """llama.cpp: how many agents one GPU holds, from the model's metadata; None for engines
+    whose footprint is configured (scripted, vLLM)."""
+    e, p = settings.engine, settings.pool
+    if e.kind is not EngineKind.LLAMA_CPP:
+        return None
+    from agents.engines.llama_server import check_model_path, default_model_path
+
+    shape = read_shape(check_model_path(e.model_path or default_model_path()))
+    return plan_memory(shape, p.budget_mib, p.watermark, e.n_ctx, p.slots_per_gpu, e.compute_mib)
+
+
+def empty_ledger(settings: Settings, gpus: int) -> Ledger:
+    """The ledger of `gpus` GPUs before any agent is resident."""
+    cfg, mem = settings.pool, memory_plan(settings)
+    if mem is None:
+        return replace(Ledger.from_config(cfg), num_gpus=gpus)
+    return Ledger(cfg.budget_mib, cfg.watermark, math.ceil(mem.base_mib), gpus, mem.residents,
+                  agent_mib=math.ceil(mem.slot_mib), kv_bytes_per_token=mem.kv_bytes_per_token)
+
+
 def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], Ledger]:
-    """`slots_per_gpu` Hosts on every GPU of every live GPU node, and the ledger of those GPUs."""
+    """As many Hosts on every GPU of every live GPU node as the ledger lets reside there
+    (`slots_per_gpu`, or fewer when llama.cpp's KV slots do not fit), and that ledger."""
     cfg = settings.pool
     alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
     nodes = [n for n in alive if n["Resources"].get("GPU", 0) >= 1]
     if not nodes:
         raise UsageError("the Ray cluster has no GPU resources; start Ray with num_gpus >= 1")
+    ledger = empty_ledger(settings, sum(int(n["Resources"]["GPU"]) for n in nodes))
     slots: list[Slot] = []
-    k = cfg.slots_per_gpu
+    k = ledger.slots_per_gpu
     for node in nodes:
         node_id, gpus = node["NodeID"], int(node["Resources"]["GPU"])
-        threads = engine_threads(settings, gpus * k)
         for g in range(gpus):
             for i in range(k):
                 host_id = f"host-{node_id[:8]}-{g}-{i}"
@@ -62,9 +88,8 @@ def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], Ledge
                     name=host_id, namespace=cfg.namespace, num_gpus=1 / k,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 )
-                handle = _spawn(options, host_id, settings, store_root, threads)
+                handle = _spawn(options, host_id, settings, store_root, i, k)
                 slots.append(Slot(handle, host_id, len(slots) // k))
-    ledger = Ledger(cfg.budget_mib, cfg.watermark, cfg.engine_base_mib, len(slots) // k, k)
     return slots, ledger
 
 

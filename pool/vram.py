@@ -2,8 +2,9 @@
 ledger with pynvml, and pausing (engine sleep, else parking every resident).
 
 A mixin of `pool.manager.PoolManager` (its state is the manager's): the ledger starts from the
-configured engine base and takes the engine's own figure (`base_mib` of its `info()`, the vLLM
-weights) once the engine reports it. Every `reconcile_s` seconds each GPU's Hosts read the device
+configured (or, for llama.cpp, planned from the model's metadata) engine base and takes the
+engine's own figure (`base_mib` of its `info()`: the vLLM weights, llama.cpp's model and compute
+buffers as it logs them) once the engine reports it. Every `reconcile_s` seconds each GPU's Hosts read the device
 (`measure()`: the shared engine's reading, else pynvml of the Host process); what the pool was
 measured to hold beyond what the ledger accounts for (beyond the reservation, for an engine that
 reserves up front) becomes the GPU's `extra_mib`, so the planner sheds residents of a GPU over its
@@ -57,17 +58,20 @@ class VramControl:
         """Enter the engine's own base footprint (when it reports one) into the ledger."""
         firsts = [live[0] for g in range(self.ledger.num_gpus) if (live := self._live(g))]
         infos = await self._call_all(firsts, "engine_info")  # a vLLM engine may load for minutes
-        reported = [int(i["base_mib"]) for i in infos if isinstance(i, dict) and "base_mib" in i]
-        if not reported:
+        said = [i for i in infos if isinstance(i, dict) and "base_mib" in i]
+        if not said:
             return  # the engine says nothing: the configured base stands
-        base = max(reported)
+        base = max(int(i["base_mib"]) for i in said)
         configured = self.ledger.base_mib
-        if base + self.cfg.agent_kv_mib > self.ledger.limit_mib:
+        if base + self.ledger.agent_mib > self.ledger.limit_mib:
             self.events.emit("pool.engine_base_too_large", reported_mib=base,
                              limit_mib=self.ledger.limit_mib, kept_mib=configured)
             return
         self.ledger = replace(self.ledger, base_mib=base)
-        self.events.emit("pool.engine_base", configured_mib=configured, reported_mib=base)
+        # the check against a reading: the engine process's RSS (CPU) holds at least its base
+        rss = max((float(i["rss_mib"]) for i in said if i.get("rss_mib")), default=None)
+        self.events.emit("pool.engine_base", configured_mib=configured, reported_mib=base,
+                         engine_rss_mib=rss, kv_bytes_per_token=self.ledger.kv_bytes_per_token)
         self._wake.set()
 
     # -- reconciliation with the device -----------------------------------------------

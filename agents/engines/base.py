@@ -56,8 +56,8 @@ class Engine(Protocol):
         """KV snapshot of the agent's current context, or None when unsupported."""
         ...
 
-    def load_state(self, agent_id: str, blob: bytes) -> bool:
-        """Restore a snapshot; True when it was used."""
+    def load_state(self, agent_id: str, blob: bytes | None) -> bool:
+        """Restore a snapshot (None: start the agent's context empty); True when one was used."""
         ...
 
     def close(self) -> None: ...
@@ -68,3 +68,4 @@ class Engine(Protocol):
 #   sleep() -> bool       give the GPU back, keeping the engine (vLLM sleep level 1); False: cannot
 #   wake_up() -> bool     undo sleep()
 #   measure() -> dict     a reading as in `agents.engines.gpumem`
+#   kv_tokens: int        tokens of KV the engine holds for the resident agent (the ledger counts them)

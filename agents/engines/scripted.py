@@ -135,7 +135,7 @@ class ScriptedEngine:
     def save_state(self, agent_id: str) -> bytes | None:
         return self._states.get(agent_id)
 
-    def load_state(self, agent_id: str, blob: bytes) -> bool:
+    def load_state(self, agent_id: str, blob: bytes | None) -> bool:
         self._states[agent_id] = blob
         return True
 
