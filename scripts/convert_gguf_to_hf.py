@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from agents.engines.hf_model import convert, default_hf_dir
-from agents.engines.llama_cpp import default_model_path
+from agents.engines.llama_server import default_model_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,9 @@ class ScriptedEngine:
         return self._states.get(agent_id)
 
     def load_state(self, agent_id: str, blob: bytes | None) -> bool:
+        if blob is None:
+            self._states.pop(agent_id, None)
+            return False
         self._states[agent_id] = blob
         return True
 

@@ -4,8 +4,9 @@ Five benchmarks (issue 5), each running both sides of its comparison in the same
 and reporting medians and ratios: activation latency (warm-Host bind vs a new actor per agent;
 llama.cpp with and without KV restore), scale (registration, memory and disk per agent,
 activation latency at N vs 1,000 agents), pool overhead (scripted steps/s vs bare Ray calls;
-real-model throughput vs a bare llama.cpp loop), self-healing (three policies on one seeded
-fault mix) and budget fidelity. `run_bench` writes `bench.json` and `bench.png` under `out`.
+real-model throughput and latency vs llama-server with as many slots), self-healing (three
+policies on one seeded fault mix) and budget fidelity. `run_bench` writes `bench.json` and
+`bench.png` under `out`.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ def _finite(obj: Any) -> Any:
 
 def _llama_available() -> bool:
     try:
-        from agents.engines.llama_cpp import default_model_path
+        from agents.engines.llama_server import default_model_path
 
         return default_model_path().exists()
-    except Exception:  # no llama-cpp-python or no model wheel: the llama parts are skipped
+    except Exception:  # no xllamacpp or no model wheel: the llama parts are skipped
         return False
 
 
@@ -120,7 +121,7 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
             say(f"pool overhead: {s.steps:,} scripted steps x {s.reps}, pool vs bare Ray calls")
             res["overhead"] = overhead.scripted(s.steps, s.step_agents, s.reps, work / "ovh", say)
         if "real" in sections:
-            say(f"real model: {s.real_tasks} shipped tasks x {s.real_reps}, pool vs bare llama.cpp")
+            say(f"real model: {s.real_tasks} shipped tasks x {s.real_reps}, pool vs llama-server")
             res["real_model"] = overhead.real_model(s.real_tasks, s.real_reps, work / "real", say,
                                                     opts.real_slots)
         if "healing" in sections:

@@ -24,7 +24,7 @@ from agents import codec
 from agents.config import Settings
 from agents.engines.factory import make_engine
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskKind, Turn
-from pool.actors import MONITOR_NAME, HostActor, MonitorActor, engine_threads
+from pool.actors import MONITOR_NAME, HostActor, MonitorActor
 from pool.bench.common import Say, ratio, settings, stats
 from pool.checkpoint import CheckpointStore
 
@@ -35,7 +35,7 @@ class NaiveAgent:
 
     def __init__(self, agent_id: str, store_root: str, cfg: Settings) -> None:
         self.record = CheckpointStore(Path(store_root)).read(agent_id)[0]
-        self.engine = make_engine(cfg.engine, n_threads=engine_threads(cfg, 1))
+        self.engine = make_engine(cfg.engine, pool=cfg.pool)
 
     def ready(self) -> str:
         return self.record.spec.agent_id
@@ -64,7 +64,7 @@ class _Warm:
         ray.get(self.monitor.drain_events.remote())
         self.host = HostActor.options(  # type: ignore[attr-defined]
             name=f"bench-host-{ns}", namespace=ns, num_gpus=1 / cfg.pool.slots_per_gpu,
-        ).remote("bench-host", cfg, str(store_root), engine_threads(cfg, 1))
+        ).remote("bench-host", cfg, str(store_root), 0, 1)
         ray.get(self.host.info.remote())
         self.epoch = 0
 
@@ -151,7 +151,7 @@ def kv_restore(store_root: Path, reps: int, turns: int, say: Say) -> dict[str, A
             ray.get(warm.host.run.remote([(flush_task, None)], 1.0))
             ray.get(warm.host.park.remote())  # commits it DORMANT, ready for the next bind
             bind_s, info = warm.bind("kv-agent", blob)
-            outcomes, _ = ray.get(warm.host.run.remote(
+            outcomes, _, _ = ray.get(warm.host.run.remote(
                 [(_task(f"kv-{variant}-{i}", "kv-agent", "Which city gets box 6?"), None)], 1.0))
             result = outcomes[0].result
             times[variant]["bind"].append(bind_s)

@@ -50,13 +50,14 @@ NO_FAULTS = {"garbage": 0, "truncation": 0, "timeout": 0, "oom": 0, "crash": 0, 
 
 
 def stats(values: Iterable[float]) -> dict[str, float]:
-    """n, p50, p90, p99, mean, min and max (in the values' unit)."""
+    """n, p50, p90, p95, p99, mean, min and max (in the values' unit)."""
     v = sorted(values)
     if not v:
-        return {"n": 0, "p50": math.nan, "p90": math.nan, "p99": math.nan, "mean": math.nan,
-                "min": math.nan, "max": math.nan}
+        return {"n": 0, "p50": math.nan, "p90": math.nan, "p95": math.nan, "p99": math.nan,
+                "mean": math.nan, "min": math.nan, "max": math.nan}
     return {"n": len(v), "p50": percentile(v, 50), "p90": percentile(v, 90),
-            "p99": percentile(v, 99), "mean": statistics.fmean(v), "min": v[0], "max": v[-1]}
+            "p95": percentile(v, 95), "p99": percentile(v, 99), "mean": statistics.fmean(v),
+            "min": v[0], "max": v[-1]}
 
 
 def ratio(a: float, b: float) -> float:

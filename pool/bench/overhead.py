@@ -3,16 +3,19 @@
 Scripted engine at zero cost, no faults: agent-steps per second through the whole pool
 (PoolManager -> Host -> HealthMonitor, checkpoints committed after every batch) against bare Ray
 actor calls doing the same number of steps (one call per step, spread over as many actors as the
-pool has Hosts). Real model: the pool answering a subset of the shipped tasks against a bare
-llama.cpp loop answering the same tasks in one process. Both sides alternate, repetition by
-repetition; one pool serves every repetition (fresh task ids each time), so Host start-up and
-model loading are outside the timings on both sides.
+pool has Hosts). Real model: the pool answering the shipped tasks against llama.cpp's own server
+engine (what a user runs instead: llama-server, here in-process through xllamacpp) with as many
+parallel slots as the pool has Hosts, called from as many threads, continuous batching and prompt
+caching on, the same GGUF and threads. One attempt per task on both sides. Both sides alternate,
+repetition by repetition; one pool serves every repetition (fresh task ids each time), so Host
+start-up and model loading are outside the timings on both sides.
 """
 
 from __future__ import annotations
 
-import os
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -31,7 +34,7 @@ class BareEngine:
     """A Ray actor around an engine and nothing else: the baseline."""
 
     def __init__(self, cfg: EngineConfig) -> None:
-        self.engine = make_engine(cfg, n_threads=1)
+        self.engine = make_engine(cfg)
 
     def step(self, req: GenRequest) -> int:
         return self.engine.generate(req).completion_tokens
@@ -84,41 +87,66 @@ def scripted(steps: int, agents: int, reps: int, root: Any, say: Say) -> dict[st
 
 
 def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = None) -> dict[str, Any]:
-    """Pool vs a bare llama.cpp loop on the same tasks: one attempt each (recovery none) and no
-    memory in the prompts, so that both sides do the same model work."""
+    """Pool vs llama-server with the same slots on the same tasks: one attempt each (recovery
+    none) and no memory in the prompts, so that both sides do the same model work."""
+    from agents.engines.llama_server import LlamaServerCore
+
     pool_cfg: dict[str, Any] = {"slots_per_gpu": slots} if slots else {}
     cfg = settings("llama_cpp", recovery={"mode": "none"}, engine={"memory_tokens": 0},
                    pool=pool_cfg)
     tasks, specs = shipped(limit)
     by_id = {s.agent_id: s for s in specs}
-    say(f"  real model: starting {cfg.pool.slots_per_gpu} llama.cpp Hosts")
+    k = cfg.pool.slots_per_gpu
+    say(f"  real model: starting the pool ({k} Hosts on one shared engine) and llama-server ({k} slots)")
     pool = start_pool(cfg, root / "checkpoints")
-    bare_cfg = cfg.engine.model_copy(update={"kv_snapshot": False})  # llama.cpp as it comes
-    engine = make_engine(bare_cfg, n_threads=os.cpu_count() or 1)
-    rows: dict[str, list[float]] = {"pool_tasks_per_s": [], "bare_tasks_per_s": [],
-                                    "pool_tokens_per_s": [], "bare_tokens_per_s": []}
+    server = LlamaServerCore(cfg.engine, slots=k)
+    rows: dict[str, list[float]] = {"pool_tasks_per_s": [], "server_tasks_per_s": [],
+                                    "pool_latency_p50_s": [], "server_latency_p50_s": [],
+                                    "pool_latency_p95_s": [], "server_latency_p95_s": []}
     try:
         pool.register(specs)
         for rep in range(reps):
             batch = _renamed(tasks, rep)
             wall = pool.run(batch)
             done = [pool.results[t.task_id] for t in batch if t.task_id in pool.results]
+            lat = stats([r.elapsed_s for r in done])
             rows["pool_tasks_per_s"].append(len(done) / wall)
-            rows["pool_tokens_per_s"].append(sum(r.tokens for r in done) / wall)
-            started, tokens = time.perf_counter(), 0
-            for t in batch:
-                g = engine.generate(_request(t, by_id[t.agent_id]))
-                tokens += g.prompt_tokens + g.completion_tokens
-            elapsed = time.perf_counter() - started
-            rows["bare_tasks_per_s"].append(len(batch) / elapsed)
-            rows["bare_tokens_per_s"].append(tokens / elapsed)
+            rows["pool_latency_p50_s"].append(lat["p50"])
+            rows["pool_latency_p95_s"].append(lat["p95"])
+            served, s_lat = _serve(server, k, [_request(t, by_id[t.agent_id]) for t in batch])
+            rows["server_tasks_per_s"].append(len(batch) / served)
+            rows["server_latency_p50_s"].append(s_lat["p50"])
+            rows["server_latency_p95_s"].append(s_lat["p95"])
             say(f"  real model rep {rep + 1} / {reps}: pool {rows['pool_tasks_per_s'][-1]:.2f} "
-                f"tasks/s, bare {rows['bare_tasks_per_s'][-1]:.2f} tasks/s")
+                f"tasks/s, llama-server {rows['server_tasks_per_s'][-1]:.2f} tasks/s")
     finally:
         pool.stop()
-        engine.close()
-    out: dict[str, Any] = {"tasks": len(tasks), "reps": reps, "hosts": cfg.pool.slots_per_gpu,
-                           **{k: stats(v) for k, v in rows.items()}}
-    out["ratio_tasks_p50"] = ratio(out["pool_tasks_per_s"]["p50"], out["bare_tasks_per_s"]["p50"])
-    out["ratio_tokens_p50"] = ratio(out["pool_tokens_per_s"]["p50"], out["bare_tokens_per_s"]["p50"])
+        server.close()
+    out: dict[str, Any] = {"tasks": len(tasks), "reps": reps, "slots": k,
+                           **{key: stats(v) for key, v in rows.items()}}
+    out["ratio_tasks_p50"] = ratio(out["pool_tasks_per_s"]["p50"], out["server_tasks_per_s"]["p50"])
+    out["ratio_latency_p50"] = ratio(out["pool_latency_p50_s"]["p50"], out["server_latency_p50_s"]["p50"])
+    out["ratio_latency_p95"] = ratio(out["pool_latency_p95_s"]["p50"], out["server_latency_p95_s"]["p50"])
     return out
+
+
+def _serve(server: Any, slots: int, reqs: list[GenRequest]) -> tuple[float, dict[str, float]]:
+    """llama-server as its docs say to drive it: `slots` clients at once, each on its own slot.
+    Returns the wall time and the request latencies' stats."""
+    free: queue.Queue[int] = queue.Queue()
+    for k in range(slots):
+        free.put(k)
+
+    def one(req: GenRequest) -> float:
+        slot = free.get()
+        try:
+            t0 = time.perf_counter()
+            server.generate(req, slot)
+            return time.perf_counter() - t0
+        finally:
+            free.put(slot)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(slots) as ex:
+        latencies = list(ex.map(one, reqs))
+    return time.perf_counter() - started, stats(latencies)

@@ -24,12 +24,8 @@ import ray  # noqa: E402
 from agents.config import EngineConfig, EngineKind, PoolConfig, Settings  # noqa: E402
 from agents.engines.base import GenRequest, GenResult  # noqa: E402
 from agents.engines.hf_model import DONE_MARK, default_hf_dir  # noqa: E402
-from agents.engines.vllm_shared import (  # noqa: E402
-    engine_actor,
-    engine_name,
-    engine_stats,
-    shutdown_engines,
-)
+from agents.engines.shared import engine_stats, shutdown_engines  # noqa: E402
+from agents.engines.vllm_shared import VllmEngine  # noqa: E402
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskKind, Turn  # noqa: E402
 from pool.actors import MONITOR_NAME, HostActor, MonitorActor  # noqa: E402
 from pool.checkpoint import CheckpointStore  # noqa: E402
@@ -60,7 +56,7 @@ MEMORY = (
 def _model_dir() -> Path:
     if not (default_hf_dir() / DONE_MARK).exists():  # normally made by `make setup-vllm-cpu`
         from agents.engines.hf_model import convert
-        from agents.engines.llama_cpp import default_model_path
+        from agents.engines.llama_server import default_model_path
 
         convert(default_model_path(), default_hf_dir())
     return default_hf_dir()
@@ -80,9 +76,8 @@ def vllm_ray() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def engine(vllm_ray: None) -> Any:
-    node = ray.get_runtime_context().get_node_id()
     started = time.perf_counter()
-    handle = engine_actor(CFG, POOL, node, "0")
+    handle = VllmEngine(CFG, POOL)._handle  # the driver holds no GPU: the engine of GPU "0"
     info = ray.get(handle.info.remote(), timeout=900)
     print(f"\nvllm engine start: {time.perf_counter() - started:.1f} s (inside vLLM {info['start_s']} s), "
           f"reserved {info['reserved_mib']} MiB of {info['device']}")
@@ -200,25 +195,25 @@ def test_host_heals_after_losing_its_engine(vllm_ray: None, engine: Any, tmp_pat
         spec = AgentSpec(agent_id=agent, system_prompt=PERSONA, generation=greedy)
         store.write(AgentRecord(spec=spec), 0)
     hosts = [HostActor.options(num_gpus=0.5, namespace=NS).remote(  # type: ignore[attr-defined]
-        f"host-{i}", settings, str(tmp_path), 1) for i in range(2)]
+        f"host-{i}", settings, str(tmp_path), i, 2) for i in range(2)]
     ray.get([hosts[0].bind.remote("agent-h", None, 1), hosts[1].bind.remote("agent-k", None, 1)])
     ask = "What is the capital of France? Answer with one word."
     task = Task(task_id="heal-1", agent_id="agent-h", prompt=ask, max_tokens=16)
     other = Task(task_id="heal-2", agent_id="agent-k", prompt=ask, max_tokens=16)
-    name = engine_name(CFG, ray.get_runtime_context().get_node_id(), "0")
+    name = VllmEngine(CFG, POOL)._name()
     old_id = ray.get_actor(name, namespace=NS)._actor_id
     ray.kill(engine, no_restart=True)
     _wait_name_freed(name)
 
-    outcomes, events = ray.get(hosts[0].run.remote([(task, None)], 1.0), timeout=300)
+    outcomes, events, _ = ray.get(hosts[0].run.remote([(task, None)], 1.0), timeout=300)
     assert outcomes[0].result is None and outcomes[0].carry.host_changed  # tier 2: move the task
     assert any(e["event"] == "recovery.decided" and e["action"] == "migrate" for e in events)
     # The pool re-dispatches the task with its carry; it runs through the replacement engine.
-    outcomes, _ = ray.get(hosts[0].run.remote([(task, outcomes[0].carry)], 1.0), timeout=1100)
+    outcomes, _, _ = ray.get(hosts[0].run.remote([(task, outcomes[0].carry)], 1.0), timeout=1100)
     healed = outcomes[0].result
     assert healed is not None and healed.status == "succeeded" and healed.output.strip()
     assert 2 in healed.tiers and healed.attempts >= 2
-    outcomes, _ = ray.get(hosts[1].run.remote([(other, None)], 1.0), timeout=300)
+    outcomes, _, _ = ray.get(hosts[1].run.remote([(other, None)], 1.0), timeout=300)
     untouched = outcomes[0].result
     assert untouched is not None and untouched.status == "succeeded" and 2 not in untouched.tiers
     assert ray.get_actor(name, namespace=NS)._actor_id != old_id  # a new engine serves the GPU

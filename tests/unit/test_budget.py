@@ -44,7 +44,7 @@ def dem(agent_id: str, priority: int = 5, mib: int = 100) -> Demand:
 
 def test_ledger_from_config_and_arithmetic() -> None:
     ledger = Ledger.from_config(PoolConfig())
-    assert ledger == Ledger(8192, 0.85, 600, 1, 12)
+    assert ledger == Ledger(8192, 0.85, 600, 1, 12, agent_mib=320)
     assert ledger.limit_mib == pytest.approx(6963.2)
     residents = [res("a", mib=320), res("b", gpu=1, mib=999)]
     assert ledger.used(residents, 0) == 920

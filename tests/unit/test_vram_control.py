@@ -49,7 +49,7 @@ class _Pool(VramControl):
         self.slots = [Slot(h, f"h{i}", 0) for i, h in enumerate(hosts)]
         for slot, agent in zip(self.slots, agents, strict=True):
             slot.agent = agent
-        self.ledger = Ledger(8192, 0.85, 600, 1, len(hosts))
+        self.ledger = Ledger(8192, 0.85, 600, 1, len(hosts), agent_mib=320)
         self.events = EventSink("test")
         self.reviving: set[str] = set()
         self.paused: dict[int, str] = {}
