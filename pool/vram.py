@@ -1,17 +1,17 @@
-"""The PoolManager's side of the GPU: the engine base in the ledger, reconciliation of the
-ledger with pynvml, and pausing (engine sleep, else parking every resident).
+"""The PoolManager's side of the GPU: the engine base in the ledger, reconciliation of the ledger with
+pynvml, and pausing (engine sleep, else parking every resident).
 
 A mixin of `pool.manager.PoolManager` (its state is the manager's): the ledger starts from the
 configured (or, for llama.cpp, planned from the model's metadata) engine base and takes the
 engine's own figure (`base_mib` of its `info()`: the vLLM weights, llama.cpp's model and compute
-buffers as it logs them) once the engine reports it. Every `reconcile_s` seconds each GPU's
-Hosts read the device (`measure()`: the shared engine's reading, else pynvml of the Host
-process); what the pool was measured to hold beyond what the ledger accounts for (beyond the
-reservation, for an engine that reserves up front) becomes the GPU's `extra_mib`, so the planner sheds residents of a GPU over its
-limit and the Hosts there see no headroom (tier 2: compress, then migrate off the GPU). A reading
-stands until the next one: memory freed by shedding counts once a reading shows it. Without a
-GPU the first round logs `pool.vram_unmeasured` with the reason and reconciliation stops; that
-is not an error.
+buffers as it logs them) once the engine reports it. Every `reconcile_s` seconds each GPU's Hosts
+read the device (`measure()`: the shared engine's reading, else pynvml of the Host process); what
+the pool was measured to hold beyond what the ledger accounts for (beyond the reservation, for an
+engine that reserves up front) becomes the GPU's `extra_mib`, so the planner sheds residents of a
+GPU over its limit and the Hosts there see no headroom (tier 2: compress, then migrate off the
+GPU). A reading stands until the next one: memory freed by shedding counts once a reading shows it.
+Without a GPU the first round logs `pool.vram_unmeasured` with the reason and reconciliation stops;
+that is not an error.
 """
 
 from __future__ import annotations
