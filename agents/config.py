@@ -179,7 +179,9 @@ class PoolConfig(Section):
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Durable checkpoint folder.")
     keep_versions: int = Field(3, ge=1, le=100, description="Checkpoint versions kept per agent.")
     batch_per_agent: int = Field(
-        8, ge=1, le=1024, description="Tasks dispatched to a resident agent in one call."
+        1, ge=1, le=1024, description="Tasks dispatched to a resident agent in one call. An "
+        "agent has one KV slot, so its tasks run one after another: with more than 1, a task "
+        "waits for the attempts of the others in its call (fewer Ray calls and commits).",
     )
     watchdog_s: float = Field(
         600.0, gt=0, description="A Host's batch running longer is a stall: its agent is fenced "

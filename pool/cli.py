@@ -95,6 +95,8 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for mac
                    "tokens per resident agent, under --budget-mib x --watermark.")
 @click.option("--model", "model", type=click.Path(path_type=Path),
               help="GGUF file (default: the shipped SmolLM2-135M-Instruct Q4_1).")
+@click.option("--shape", type=click.Choice(["llama-3.2-1b", "llama-3.2-3b"]),
+              help="Instead of --model: a Llama-shaped 4-bit model by its published GGUF header.")
 @click.option("--budget-mib", type=click.IntRange(min=64), default=8192, show_default=True,
               help="VRAM of one GPU in MiB.")
 @click.option("--ctx", type=click.IntRange(min=256, max=32768), default=2048, show_default=True,
@@ -108,18 +110,21 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for mac
 @click.option("--cache-type", type=click.Choice(["f16", "bf16", "f32", "q8_0", "q4_0"]),
               default="f16", show_default=True, help="KV cache element type.")
 @_JSON
-def plan(model: Path | None, budget_mib: int, ctx: int, watermark: float, slots_per_gpu: int,
+def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, watermark: float, slots_per_gpu: int,
          compute_mib: float, cache_type: str, as_json: bool) -> None:
     from agents.engines.llama_server import check_model_path, default_model_path
-    from agents.engines.memory import plan_memory, read_shape
+    from agents.engines.memory import LLAMA_3_2_1B, LLAMA_3_2_3B, plan_memory, read_shape
 
     def go() -> None:
-        shape = read_shape(check_model_path(model or default_model_path()))
-        p = plan_memory(shape, budget_mib, watermark, ctx, slots_per_gpu, compute_mib, cache_type)
+        known = {"llama-3.2-1b": LLAMA_3_2_1B, "llama-3.2-3b": LLAMA_3_2_3B}
+        if shape and model:
+            raise UsageError("--model and --shape: give one")
+        m = known[shape] if shape else read_shape(check_model_path(model or default_model_path()))
+        p = plan_memory(m, budget_mib, watermark, ctx, slots_per_gpu, compute_mib, cache_type)
         if as_json:
             import json
 
-            click.echo(json.dumps({"model": shape.name, "kv_bytes_per_token": p.kv_bytes_per_token,
+            click.echo(json.dumps({"model": m.name, "kv_bytes_per_token": p.kv_bytes_per_token,
                                    "slot_mib": p.slot_mib, "base_mib": p.base_mib,
                                    "limit_mib": p.limit_mib, "fit": p.fit, "residents": p.residents}))
             return
