@@ -110,8 +110,8 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for mac
 @click.option("--cache-type", type=click.Choice(["f16", "bf16", "f32", "q8_0", "q4_0"]),
               default="f16", show_default=True, help="KV cache element type.")
 @_JSON
-def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, watermark: float, slots_per_gpu: int,
-         compute_mib: float, cache_type: str, as_json: bool) -> None:
+def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, watermark: float,
+         slots_per_gpu: int, compute_mib: float, cache_type: str, as_json: bool) -> None:
     from agents.engines.llama_server import check_model_path, default_model_path
     from agents.engines.memory import LLAMA_3_2_1B, LLAMA_3_2_3B, plan_memory, read_shape
 
