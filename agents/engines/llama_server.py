@@ -103,6 +103,7 @@ class _LogTap:
             os.dup2(self._write, 2)
 
     def _pump(self, fd: int) -> None:
+        passing = True  # a line without llama.cpp's prefix continues the message before it
         with os.fdopen(fd, errors="replace") as pipe:
             for line in pipe:
                 if m := _BUFFER.search(line):
@@ -110,7 +111,11 @@ class _LogTap:
                     if m[2] == "compute":
                         self.seen.set()
                 level = _LOG_LINE.match(line)
-                if level is None or level[1] in "WE":
+                if level is not None:
+                    passing = level[1] in "WE"
+                elif line.startswith("Traceback"):
+                    passing = True
+                if passing:
                     self._out.write(line)
 
 

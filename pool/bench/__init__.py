@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-SECTIONS = ("activation", "kv", "scale", "overhead", "real", "healing")
+SECTIONS = ("activation", "kv", "scale", "overhead", "real", "ram", "healing")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Sizes:
     real_reps: int
     heal_tasks: int
     heal_agents: int
+    ram_residents: int = 12  # host RAM: residents on each side (0 skips it)
 
 
 FULL = Sizes(rounds=40, per_round=25, kv_reps=8, kv_turns=6, scale_agents=100_000,
@@ -52,7 +53,7 @@ QUICK = Sizes(rounds=10, per_round=20, kv_reps=3, kv_turns=6, scale_agents=10_00
               heal_tasks=1_000, heal_agents=200)
 TINY = Sizes(rounds=2, per_round=3, kv_reps=1, kv_turns=2, scale_agents=300, scale_small=100,
              steps=100, step_agents=20, reps=1, real_tasks=4, real_reps=1, heal_tasks=120,
-             heal_agents=30)
+             heal_agents=30, ram_residents=2)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _llama_available() -> bool:
 
 
 def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, Any]:
-    from pool.bench import activation, healing, overhead, scale
+    from pool.bench import activation, healing, overhead, ram, scale
     from pool.bench.common import console_say, start_ray
     from pool.bench.report import plot, table
 
@@ -97,11 +98,13 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
     opts.out.mkdir(parents=True, exist_ok=True)
     sections = set(opts.sections)
     llama = _llama_available()
-    if not llama and sections & {"kv", "real"}:
+    if not llama and sections & {"kv", "real", "ram"}:
         say("llama.cpp or the shipped model is missing: skipping the real-model parts")
-        sections -= {"kv", "real"}
+        sections -= {"kv", "real", "ram"}
     if not s.real_tasks:
         sections.discard("real")
+    if not s.ram_residents:
+        sections.discard("ram")
     started = time.perf_counter()
     start_ray()
     res: dict[str, Any] = {"meta": {
@@ -124,6 +127,9 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
             say(f"real model: {s.real_tasks} shipped tasks x {s.real_reps}, pool vs llama-server")
             res["real_model"] = overhead.real_model(s.real_tasks, s.real_reps, work / "real", say,
                                                     opts.real_slots)
+        if "ram" in sections:
+            say(f"host RAM: {s.ram_residents} residents, one shared engine vs an engine per Host")
+            res["ram"] = ram.host_ram(s.ram_residents, work / "ram", say)
         if "healing" in sections:
             res["healing"] = healing.healing(s.heal_tasks, s.heal_agents, work / "heal", opts.seed, say)
     finally:

@@ -58,6 +58,7 @@ class _Warm:
     """A monitor and one warm Host in the settings' namespace."""
 
     def __init__(self, cfg: Settings, store_root: Path) -> None:
+        self.cfg = cfg
         ns = cfg.pool.namespace
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]
             name=MONITOR_NAME, namespace=ns).remote(cfg)
@@ -79,8 +80,11 @@ class _Warm:
         ray.get(self.host.release.remote())
 
     def close(self) -> None:
+        from agents.engines.shared import shutdown_engines
+
         for actor in (self.host, self.monitor):
             ray.kill(actor, no_restart=True)
+        shutdown_engines(self.cfg.pool.namespace)
 
 
 def bind_vs_naive(store_root: Path, rounds: int, per_round: int, say: Say) -> dict[str, Any]:

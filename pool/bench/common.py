@@ -116,10 +116,13 @@ class Pool:
         return ray.get(self.manager.memory.remote(trace))  # type: ignore[no-any-return]
 
     def stop(self) -> None:
+        from agents.engines.shared import shutdown_engines
+
         ns = self.settings.pool.namespace
         for name in (MANAGER_NAME, MONITOR_NAME):
             with contextlib.suppress(ValueError):
                 ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+        shutdown_engines(ns)  # detached: they would outlive the benchmark
 
 
 def start_pool(cfg: Settings, store_root: Path) -> Pool:

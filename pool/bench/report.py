@@ -145,8 +145,22 @@ def _pct(v: Any) -> Any:
     return None if v is None else 100 * v
 
 
+def _ram(res: dict[str, Any]) -> list[Row]:
+    r = res.get("ram")
+    if not r:
+        return []
+    a, b = r["shared_engine"], r["engine_per_host"]
+    return [
+        ("host RAM", f"{r['residents']} residents: PSS shared engine / engine per Host",
+         f"{a['pss_mib']:.0f} / {b['pss_mib']:.0f} MiB = {_f(r['ratio_pss'], '{:.2f}')}x", "< 1x",
+         _check(r["ratio_pss"], lambda v: v < 1)),
+        ("host RAM", "RSS sums (mmap'd weights counted per process)",
+         f"{a['rss_mib']:.0f} / {b['rss_mib']:.0f} MiB = {_f(r['ratio_rss'], '{:.2f}')}x", "", None),
+    ]
+
+
 def rows(res: dict[str, Any]) -> list[Row]:
-    return _activation(res) + _kv(res) + _scale(res) + _overhead(res) + _healing(res)
+    return _activation(res) + _kv(res) + _scale(res) + _overhead(res) + _ram(res) + _healing(res)
 
 
 def table(res: dict[str, Any]) -> Table:
