@@ -115,10 +115,14 @@ class HostRuntime:
     def park(self) -> bytes:
         """Commit the agent's checkpoint and unbind it; returns the bytes for the hot tier."""
         agent = self._require()
-        parked = agent.model_copy(update={"state": next_state(agent.state, Event.PARK)})
+        kv = self._slot_kv() if self._keeps_kv() else agent.kv_state
+        parked = agent.model_copy(update={"state": next_state(agent.state, Event.PARK),
+                                          "kv_state": kv})
         # After a run the agent is already committed (in a resident state, which a later bind
-        # reads as a lost Host): only the hot-tier copy needs the DORMANT state.
-        data = self._commit(parked) if self._dirty else codec.encode(parked)
+        # reads as a lost Host): only the hot-tier copy needs the DORMANT state, unless the
+        # engine's KV of the agent goes into the checkpoint now.
+        changed = self._dirty or kv != agent.kv_state
+        data = self._commit(parked) if changed else codec.encode(parked)
         self.agent = None
         return data
 
@@ -183,22 +187,24 @@ class HostRuntime:
                  for r in runs],
             )
             runs = self._recover(runs, verdicts, done)
-        self._snapshot_kv()
-        self._commit(self._require())
+        # The agent's KV now lives in the engine (its slot) and goes into the checkpoint when it
+        # is parked; a KV copy committed earlier no longer matches the memory committed now.
+        self.agent = self._require().model_copy(update={"kv_state": None})
+        self._commit(self.agent)
         return done
 
-    def _snapshot_kv(self) -> None:
-        """Keep the engine's KV state in the checkpoint when configured and small enough."""
-        agent = self._require()
-        cfg = self.settings.engine
-        if not cfg.kv_snapshot or agent.state is AgentState.FAILED:
-            return
+    def _keeps_kv(self) -> bool:
+        return self.settings.engine.kv_snapshot and self._require().state is not AgentState.FAILED
+
+    def _slot_kv(self) -> bytes | None:
+        """The engine's KV of the agent for its checkpoint; None when over `kv_max_bytes`."""
+        agent, cfg = self._require(), self.settings.engine
         blob = self.engine.save_state(agent.spec.agent_id)
         if blob is not None and len(blob) > cfg.kv_max_bytes:
             self.events.emit("agent.kv_dropped", agent_id=agent.spec.agent_id, bytes=len(blob),
                              kv_max_bytes=cfg.kv_max_bytes, tokens=self.kv_tokens())
-            blob = None  # the next activation re-reads persona and memory
-        self.agent = agent.model_copy(update={"kv_state": blob})
+            return None  # the next activation re-reads persona and memory
+        return blob
 
     def _params(self, task: Task) -> GenerationParams:
         params = self._require().spec.generation

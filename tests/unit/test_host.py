@@ -219,3 +219,29 @@ def test_readings_of_one_gpu_count_each_id_once_and_a_missing_one_spoils_the_sum
     assert total_used(hosts) == 300.0
     assert total_used([*hosts, {"available": False, "reason": "timeout"}]) is None
     assert total_used([]) is None
+
+
+def test_the_slots_kv_goes_into_the_checkpoint_at_park_and_a_stale_copy_never_outlives_a_run(
+    tmp_path: Path,
+) -> None:
+    host, store = _host(tmp_path, None)
+    host.park()
+    kv = b"KV of a1's slot"
+    store.write(store.read("a1")[0].model_copy(update={"kv_state": kv}), epoch=2)
+    assert host.bind("a1", None, epoch=3)["kv_restored"]  # the engine took it into its slot
+    host.run(_tasks(1), headroom=0.5)
+    assert store.read("a1")[0].kv_state is None, "the committed KV no longer matches the memory"
+    parked = codec.decode(host.park())
+    assert parked.kv_state == kv and store.read("a1")[0].kv_state == kv  # saved from the slot
+
+
+def test_a_kv_state_over_the_cap_is_dropped_with_an_event(tmp_path: Path) -> None:
+    host, store = _host(tmp_path, None)
+    host.park()
+    big = b"x" * (host.settings.engine.kv_max_bytes + 1)
+    store.write(store.read("a1")[0].model_copy(update={"kv_state": big}), epoch=2)
+    host.bind("a1", None, epoch=3)
+    host.events.drain()
+    assert codec.decode(host.park()).kv_state is None
+    (dropped,) = [e for e in host.events.drain() if e["event"] == "agent.kv_dropped"]
+    assert dropped["bytes"] == len(big)
