@@ -7,8 +7,9 @@ pool has Hosts). Real model: the pool answering the shipped tasks against llama.
 engine (what a user runs instead: llama-server, here in-process through xllamacpp) with as many
 parallel slots as the pool has Hosts, called from as many threads, continuous batching and prompt
 caching on, the same GGUF and threads. One attempt per task on both sides. Both sides alternate,
-repetition by repetition; one pool serves every repetition (fresh task ids each time), so Host
-start-up and model loading are outside the timings on both sides.
+repetition by repetition, after one untimed round each; one pool serves every repetition (fresh
+task ids each time), so Host start-up, model loading and first activations are outside the
+timings on both sides.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
                                     "pool_latency_p95_s": [], "server_latency_p95_s": []}
     try:
         pool.register(specs)
+        say("  real model: one untimed round on both sides (engine load, first activations)")
+        warm = _renamed(tasks, -1)
+        pool.run(warm)
+        _serve(server, k, [_request(t, by_id[t.agent_id]) for t in warm])
         for rep in range(reps):
             batch = _renamed(tasks, rep)
             wall = pool.run(batch)
