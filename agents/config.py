@@ -193,22 +193,25 @@ class PoolConfig(Section):
     )
     namespace: str = Field("selfheal", description="Ray namespace of the named actors.")
 
-    @model_validator(mode="after")
-    def _base_fits(self) -> PoolConfig:
-        limit = self.budget_mib * self.watermark
-        if self.engine_base_mib + self.agent_kv_mib > limit:
-            raise ValueError(
-                f"engine_base_mib + agent_kv_mib ({self.engine_base_mib + self.agent_kv_mib}) "
-                f"exceeds budget_mib x watermark ({limit:.0f}): no agent could ever be resident"
-            )
-        return self
-
 
 class Settings(Section):
     pool: PoolConfig = Field(default_factory=PoolConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _base_fits(self) -> Settings:
+        """Configured footprints (scripted, vLLM) must leave room for one agent; llama.cpp's come
+        from the model and are checked against the budget when a run starts (`selfheal plan`)."""
+        p = self.pool
+        limit = p.budget_mib * p.watermark
+        if self.engine.kind is not EngineKind.LLAMA_CPP and p.engine_base_mib + p.agent_kv_mib > limit:
+            raise ValueError(
+                f"pool.engine_base_mib + pool.agent_kv_mib ({p.engine_base_mib + p.agent_kv_mib}) "
+                f"exceeds budget_mib x watermark ({limit:.0f}): no agent could ever be resident"
+            )
+        return self
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.inputs import generated_agents, load_agents, load_tasks
 from pool.ledger import TaskLedger, write_jsonl
 from pool.manager import PoolManager
+from pool.slots import memory_plan
 from pool.summary import summarise
 
 POLL_S = 0.25
@@ -107,6 +108,7 @@ def _specs(opts: RunOptions, tasks: list[Task]) -> list[AgentSpec]:
 def run_batch(opts: RunOptions) -> dict[str, Any]:
     configure_logging()
     started = time.perf_counter()
+    memory_plan(opts.settings)  # a model that is not a GGUF, a context over the budget: before Ray
     opts.out.mkdir(parents=True, exist_ok=True)
     all_tasks, _ = load_tasks(opts.tasks)
     specs = _specs(opts, all_tasks)

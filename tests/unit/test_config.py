@@ -35,7 +35,7 @@ def test_yaml_and_toml_files_and_overrides(tmp_path: Path) -> None:
         ("pool:\n  watermark: 2\n", "pool.watermark"),
         ("pool: [1, 2\n", "not valid yaml"),
         ("- 1\n", "top level must be a mapping"),
-        ("pool:\n  budget_mib: 100\n", "exceeds budget_mib x watermark"),
+        ("engine:\n  kind: scripted\npool:\n  budget_mib: 100\n", "exceeds budget_mib x watermark"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_field(tmp_path: Path, text: str, needle: str) -> None:
@@ -58,3 +58,13 @@ def test_task_contract_follows_kind() -> None:
     task = Task.model_validate({"task_id": "t", "agent_id": "a", "prompt": "p", "kind": "json",
                                 "schema": {"type": "object"}})
     assert task.json_schema == {"type": "object"}
+
+
+def test_a_llama_budget_is_checked_against_the_model_not_the_configured_footprints() -> None:
+    from pool.slots import memory_plan
+
+    tight = load_settings(overrides={"pool": {"budget_mib": 100}})  # llama.cpp is the default
+    with pytest.raises(UsageError, match="context 2048 does not fit the budget"):
+        memory_plan(tight)
+    plan = memory_plan(load_settings(overrides={"pool": {"budget_mib": 300}, "engine": {"n_ctx": 1024}}))
+    assert plan is not None and plan.kv_bytes_per_token == 23040 and plan.residents == 4  # (255 - 156) // 22.5
