@@ -66,5 +66,6 @@ def test_a_llama_budget_is_checked_against_the_model_not_the_configured_footprin
     tight = load_settings(overrides={"pool": {"budget_mib": 100}})  # llama.cpp is the default
     with pytest.raises(UsageError, match="context 2048 does not fit the budget"):
         memory_plan(tight)
-    plan = memory_plan(load_settings(overrides={"pool": {"budget_mib": 300}, "engine": {"n_ctx": 1024}}))
+    small = load_settings(overrides={"pool": {"budget_mib": 300}, "engine": {"n_ctx": 1024}})
+    plan = memory_plan(small)
     assert plan is not None and plan.kv_bytes_per_token == 23040 and plan.residents == 4  # (255 - 156) // 22.5
