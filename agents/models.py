@@ -36,7 +36,7 @@ class GenerationParams(Frozen):
 class TaskKind(StrEnum):
     JSON = "json"  # answer is JSON that validates against `schema`
     LABEL = "label"  # answer is one of `labels`
-    ANSWER = "answer"  # answer contains `expected`
+    ANSWER = "answer"  # a short answer; graded by containing `expected`, when given
     FREE = "free"  # scored on coherence only
 
 
@@ -55,7 +55,14 @@ class Task(Frozen):
     labels: tuple[str, ...] | None = Field(
         None, min_length=2, description="Allowed answers (kind=label)."
     )
-    expected: str | None = Field(None, description="Expected answer, when one is known.")
+    expected: str | None = Field(
+        None, description="Answer key, when one is known: grades the result (`correct`); the "
+        "monitor and the recovery policy never see it.",
+    )
+    max_chars: int | None = Field(
+        None, ge=1, le=100_000, description="Longest acceptable answer in characters (a contract "
+        "the monitor checks).",
+    )
     priority: int = Field(5, ge=0, le=9, description="0 lowest, 9 highest.")
     deadline_s: float = Field(30.0, gt=0, le=3600, description="Seconds allowed for the task.")
     max_tokens: int | None = Field(
@@ -70,8 +77,6 @@ class Task(Frozen):
             raise ValueError("kind=json needs a schema")
         if self.kind is TaskKind.LABEL and not self.labels:
             raise ValueError("kind=label needs labels")
-        if self.kind is TaskKind.ANSWER and self.expected is None:
-            raise ValueError("kind=answer needs expected")
         return self
 
 
@@ -135,3 +140,4 @@ class TaskResult(Frozen):
     tokens: int = 0
     error: str = ""
     truth: str = ""  # ground truth of injected faults (scripted engine), else ""
+    correct: bool | None = None  # graded against the task's answer key after the fact; None: no key

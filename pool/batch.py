@@ -35,6 +35,7 @@ from pool.ledger import TaskLedger, write_jsonl
 from pool.manager import PoolManager
 from pool.slots import memory_plan
 from pool.summary import summarise
+from recovery.grade import grade
 
 POLL_S = 0.25
 DRAIN_TIMEOUT_S = 60
@@ -123,7 +124,7 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
                   f"engine {opts.settings.engine.kind.value}")
     if todo:
         _drive(opts, specs, todo, ledger, store_root, console)
-    rows = ledger.rows()
+    rows = graded(ledger.rows(), tasks)
     ledger.close()
     events = _read_events(opts.out / "events.jsonl")
     summary = summarise(rows, events, time.perf_counter() - started)
@@ -231,8 +232,20 @@ RESULT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task_id", "agent_id
     ("completeness", pa.float64()), ("latency", pa.float64()), ("memory", pa.float64()),
     ("consistency", pa.float64()), ("attempts", pa.int32()), ("tiers", pa.list_(pa.int8())),
     ("agent_state", pa.string()), ("elapsed_s", pa.float64()), ("tokens", pa.int64()),
-    ("error", pa.string()), ("truth", pa.string()),
+    ("error", pa.string()), ("truth", pa.string()), ("correct", pa.bool_()),
 ])
+
+
+def graded(rows: list[dict[str, Any]], tasks: list[Task]) -> list[dict[str, Any]]:
+    """Rows with `correct` filled by the grader from each task's answer key (never seen by the
+    monitor); None for rejected tasks and tasks without a key."""
+    keys = {t.task_id: t for t in tasks}
+    out = []
+    for r in rows:
+        t = keys.get(r["task_id"])
+        ran = t is not None and r["status"] != "rejected"
+        out.append({**r, "correct": grade(t.kind, r["output"], t.expected) if ran and t else None})
+    return out
 
 
 def _write_results(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -248,7 +261,11 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("tasks", s["tasks"]), ("succeeded", s["succeeded"]),
         ("healed by tier 1 / tier 2", f"{s['healed_tier1']} / {s['healed_tier2']}"),
         ("failed", s["failed"]), ("rejected", s["rejected"]),
-        ("success rate", f"{100 * s['success_rate']:.1f}%"),
+        ("success rate (monitor's verdict)", f"{100 * s['success_rate']:.1f}%"),
+        ("correct (graded by the answer key)",
+         f"{s['correct']} / {s['graded']}" + (f" ({100 * s['correct_rate']:.1f}%)" if s["graded"] else "")),
+        ("monitor vs grader", f"{s['false_positive_failures']} correct answers failed, "
+                              f"{s['false_negatives']} wrong answers accepted"),
         ("task latency p50 / p95", f"{s['latency_p50_s']:.3f} s / {s['latency_p95_s']:.3f} s"),
         ("tokens/s", f"{s['tokens_per_s']:.1f}"), ("tasks/s", f"{s['tasks_per_s']:.1f}"),
         ("activations (p50 / p99)",

@@ -247,7 +247,7 @@ class HostRuntime:
             memory_headroom=headroom,
             json_schema=t.json_schema,
             labels=t.labels,
-            expected=t.expected,
+            max_chars=t.max_chars,
             fault=run.fault.fault if run.fault else FaultClass.NONE,
         )
 

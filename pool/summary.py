@@ -64,4 +64,21 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
         "ledger_limit_mib": limit,
         "prefix_cache_hit_rate": cached_tokens / prompt_tokens if prompt_tokens else None,
         "mean_attempts": statistics.fmean(r["attempts"] for r in ran) if ran else 0.0,
+        **_grades(ran),
+    }
+
+
+def _grades(ran: list[dict[str, Any]]) -> dict[str, Any]:
+    """The monitor's verdict against the grader's, over the tasks that have an answer key."""
+    keyed = [r for r in ran if r.get("correct") is not None]
+    ok = [r["status"] == "succeeded" for r in keyed]
+    right = [bool(r["correct"]) for r in keyed]
+    return {
+        "graded": len(keyed),
+        "correct": sum(right),
+        "correct_rate": sum(right) / len(keyed) if keyed else None,
+        # the monitor gave up on (or rejected) an answer the grader marks correct
+        "false_positive_failures": sum(r and not o for o, r in zip(ok, right, strict=True)),
+        # the monitor accepted an answer the grader marks wrong
+        "false_negatives": sum(o and not r for o, r in zip(ok, right, strict=True)),
     }

@@ -2,15 +2,16 @@
 
 Theory of operation. Five components, each a pure function returning a float in [0, 1], are
 weighted by `HealthConfig.weights` into one score. Coherence looks only at the text (is it
-degenerate?); completeness checks the task's contract (schema, label, expected answer, not cut
-off); latency and memory read the step's elapsed time and the VRAM headroom; consistency
-compares the answer with peers' and the agent's own earlier answers. The fault class is then
-picked by fixed rules, first match wins: an engine exception names its own fault, otherwise a
-cut-off answer that misses its contract is TRUNCATED, a degenerate one GARBAGE, one that misses
-its contract CONTRACT, one that left no memory OOM. A late but good answer is not a fault: its
-latency component lowers the score (DEGRADED); only an engine that gave up raises TIMEOUT.
-Floors on coherence and completeness make a fault out of a bad component whatever the weighted
-score says. No I/O, no clock: time arrives as numbers inside `Signals`.
+degenerate?); completeness checks the contract a user can write (schema, label set, length limit,
+not cut off; never the answer key, which only the grader in `recovery.grade` reads); latency and
+memory read the step's elapsed time and the VRAM headroom; consistency compares the answer with
+peers' and the agent's own earlier answers. The fault class is then picked by fixed rules, first
+match wins: an engine exception names its own fault, otherwise a cut-off answer that misses its
+contract is TRUNCATED, a degenerate one GARBAGE, one that misses its contract CONTRACT, one that
+left no memory OOM. A late but good answer is not a fault: its latency component lowers the score
+(DEGRADED); only an engine that gave up raises TIMEOUT. Floors on coherence and completeness make a
+fault out of a bad component whatever the weighted score says. No I/O, no clock: time arrives as
+numbers inside `Signals`.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def _json_completeness(text: str, schema: dict[str, Any] | None) -> float:
     return _INVALID_JSON_CREDIT * present / len(required)
 
 
-def _names(label: str, text: str) -> bool:
+def names(label: str, text: str) -> bool:
     pattern = r"(?<!\w)" + re.escape(normalise(label)) + r"(?!\w)"
     return re.search(pattern, normalise(text)) is not None
 
@@ -198,41 +199,21 @@ def _label_completeness(text: str, labels: tuple[str, ...]) -> float:
     answer = normalise(text)
     if sum(answer == normalise(label) for label in labels) == 1:
         return 1.0
-    if sum(_names(label, text) for label in labels) == 1:
+    if sum(names(label, text) for label in labels) == 1:
         return _LABEL_IN_TEXT
     return 0.0
 
 
-def _answer_completeness(text: str, expected: str) -> float:
-    return 1.0 if f" {normalise(expected)} " in f" {normalise(text)} " else 0.0
-
-
-def _matches_expected(text: str, expected: str) -> float:
-    """Share of the expected JSON object's fields that the answer got right (normalised)."""
-    want, got = extract_json(expected), extract_json(text)
-    if not isinstance(want, dict) or not want:
-        return 1.0  # no usable expectation: the schema is the whole contract
-    if not isinstance(got, dict):
-        return 0.0
-    right = sum(normalise(str(got.get(k))) == normalise(str(v)) for k, v in want.items())
-    return right / len(want)
-
-
 def _contract(signals: Signals) -> float:
+    """The contract a user can write without knowing the answer: the JSON schema, the label
+    set, a length limit. A free or short answer with no format has none: any text meets it."""
     text = signals.text
+    if signals.max_chars is not None and len(text.strip()) > signals.max_chars:
+        return 0.0
     if signals.kind is TaskKind.JSON:
-        value = _json_completeness(text, signals.json_schema)
-        if value == 1.0 and signals.expected is not None:
-            share = _matches_expected(text, signals.expected)
-            return 1.0 if share == 1.0 else _INVALID_JSON_CREDIT * share
-        return value
+        return _json_completeness(text, signals.json_schema)
     if signals.kind is TaskKind.LABEL and signals.labels:
-        value = _label_completeness(text, signals.labels)
-        if value and signals.expected is not None and not _names(signals.expected, text):
-            return 0.0  # a label from the set, but not the right one
-        return value
-    if signals.kind is TaskKind.ANSWER and signals.expected is not None:
-        return _answer_completeness(text, signals.expected)
+        return _label_completeness(text, signals.labels)
     return 1.0 if text.strip() else 0.0
 
 

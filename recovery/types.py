@@ -24,7 +24,7 @@ class Signals:
     memory_headroom: float  # 1 - used/limit of the VRAM ledger after the step, in [0, 1]
     json_schema: dict[str, Any] | None = None
     labels: tuple[str, ...] | None = None
-    expected: str | None = None
+    max_chars: int | None = None  # the task's length limit (a contract), if it states one
     peers: tuple[str, ...] = ()  # other agents' answers to the same prompt
     own_past: tuple[str, ...] = ()  # this agent's earlier answers to the same prompt
     fault: FaultClass = FaultClass.NONE  # set when the engine raised

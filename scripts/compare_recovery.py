@@ -1,4 +1,4 @@
-"""No recovery vs naive 3x retry vs tiered self-healing on the shipped workload (issue 3).
+"""No recovery vs naive retry vs tiered self-healing (the same attempt cap) on the shipped workload (issue 3).
 
 Same tasks, same seed, the llama.cpp engine (the shipped SmolLM2 GGUF), one batch run per policy
 through the whole pool (`pool.batch.run_batch`), on a private local Ray. Reports success rate,
@@ -31,14 +31,9 @@ from agents.config import load_settings
 from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.batch import RunOptions, run_batch
 from pool.bench.common import start_ray
+from pool.bench.healing import POLICIES  # one definition: every policy gets the same attempt cap
 from pool.bench.workload import AGENTS, TASKS, shipped
 from pool.synthetic import write_tasks
-
-POLICIES: dict[str, dict[str, Any]] = {
-    "none": {"mode": "none"},
-    "naive": {"mode": "naive", "max_attempts": 3},
-    "tiered": {"mode": "tiered"},
-}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

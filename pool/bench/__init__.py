@@ -95,6 +95,7 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     say = console_say(console)
     s, work = opts.sizes, opts.out / "work"
+    shutil.rmtree(work, ignore_errors=True)  # left by an interrupted run: its stores would refuse us
     opts.out.mkdir(parents=True, exist_ok=True)
     sections = set(opts.sections)
     llama = _llama_available()

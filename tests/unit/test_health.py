@@ -166,12 +166,10 @@ def test_label(text: str, expected: float) -> None:
     assert completeness(label_sig(text)) == expected
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("The capital is Paris.", 1.0), ("paris", 1.0), ("Lyon", 0.0), ("Parisian", 0.0)],
-)
-def test_answer(text: str, expected: float) -> None:
-    assert completeness(sig(text, kind=TaskKind.ANSWER, expected="Paris")) == expected
+def test_a_short_answer_with_no_format_has_no_contract_but_its_length_limit() -> None:
+    assert completeness(sig("Lyon", kind=TaskKind.ANSWER)) == 1.0  # right or wrong: the grader's
+    assert completeness(sig("x" * 41, kind=TaskKind.ANSWER, max_chars=40)) == 0.0
+    assert completeness(sig("x" * 40, kind=TaskKind.ANSWER, max_chars=40)) == 1.0
 
 
 def test_free_needs_text() -> None:
@@ -315,7 +313,6 @@ def test_report_is_bounded_and_consistent(
         sig(text, kind=kind, finish_reason=finish, elapsed_s=elapsed, memory_headroom=headroom),
         json_schema=PERSON,
         labels=("yes", "no"),
-        expected="yes",
         peers=tuple(peers),
         fault=fault,
     )
@@ -325,32 +322,3 @@ def test_report_is_bounded_and_consistent(
     assert report.healthy == (report.fault is FaultClass.NONE and report.score >= 0.75)
     if fault is not FaultClass.NONE:
         assert report.fault is fault
-
-
-def test_json_with_expected_values_must_match_them() -> None:
-    from agents.models import TaskKind
-    from recovery.health import completeness
-
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-              "required": ["name", "age"]}
-    expected = '{"name": "Kenji Haddad", "age": 19}'
-
-    def sig(text: str) -> Signals:
-        return Signals(text=text, finish_reason="stop", kind=TaskKind.JSON, elapsed_s=0.1, deadline_s=10,
-                       memory_headroom=0.5, json_schema=schema, expected=expected)
-
-    assert completeness(sig('{"name": "kenji haddad", "age": 19}')) == 1.0
-    half = completeness(sig('{"name": "Kenji Haddad", "age": 20}'))
-    assert 0 < half < 0.5  # valid against the schema, half right: a contract fault
-
-
-def test_label_with_expected_must_be_the_right_label() -> None:
-    from agents.models import TaskKind
-    from recovery.health import completeness
-
-    def sig(text: str) -> Signals:
-        return Signals(text=text, finish_reason="stop", kind=TaskKind.LABEL, elapsed_s=0.1, deadline_s=10,
-                       memory_headroom=0.5, labels=("positive", "negative"), expected="negative")
-
-    assert completeness(sig("negative")) == 1.0
-    assert completeness(sig("positive")) == 0.0
