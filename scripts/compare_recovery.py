@@ -77,21 +77,26 @@ def run_policy(name: str, tasks_path: Path, args: argparse.Namespace) -> dict[st
             "tokens": summary["tokens"],
             "tokens_per_success": summary["tokens"] / summary["succeeded"] if summary["succeeded"] else None,
             "healed_tier1": summary["healed_tier1"], "healed_tier2": summary["healed_tier2"],
-            "mean_attempts": summary["mean_attempts"], "wall_s": summary["wall_s"]}
+            "mean_attempts": summary["mean_attempts"], "wall_s": summary["wall_s"],
+            "correct_rate": summary["correct_rate"], "correct": summary["correct"],
+            "tokens_per_correct": summary["tokens"] / summary["correct"] if summary["correct"] else None,
+            "false_positive_failures": summary["false_positive_failures"],
+            "false_negatives": summary["false_negatives"], "latency_p50_s": summary["latency_p50_s"]}
 
 
 def table(res: dict[str, Any]) -> Table:
     t = Table(title=f"recovery policies on {res['tasks']} shipped tasks ({res['subset']}), "
                     f"llama.cpp, seed {res['seed']}")
-    for col in ("policy", "success rate", "failed rate", "succeeded / failed", "healed t1 / t2",
-                "mean attempts", "tokens", "tokens / success", "wall"):
+    for col in ("policy", "correct (graded)", "succeeded (monitor)", "FAILED", "correct but failed",
+                "wrong but accepted", "mean attempts", "tokens / correct", "latency p50", "wall"):
         t.add_column(col)
     for name, p in res["policies"].items():
-        per = p["tokens_per_success"]
-        t.add_row(name, f"{100 * p['success_rate']:.1f}%", f"{100 * p['failed_rate']:.1f}%",
-                  f"{p['succeeded']} / {p['failed']}", f"{p['healed_tier1']} / {p['healed_tier2']}",
-                  f"{p['mean_attempts']:.2f}", f"{p['tokens']:,}",
-                  "n/a" if per is None else f"{per:,.0f}", f"{p['wall_s']:.0f} s")
+        per, cr = p["tokens_per_correct"], p["correct_rate"]
+        t.add_row(name, "n/a" if cr is None else f"{100 * cr:.1f}%", f"{100 * p['success_rate']:.1f}%",
+                  f"{100 * p['failed_rate']:.1f}%", str(p["false_positive_failures"]),
+                  str(p["false_negatives"]), f"{p['mean_attempts']:.2f}",
+                  "n/a" if per is None else f"{per:,.0f}", f"{p['latency_p50_s']:.1f} s",
+                  f"{p['wall_s']:.0f} s")
     return t
 
 
