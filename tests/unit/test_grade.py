@@ -38,3 +38,17 @@ def test_no_key_no_grade() -> None:
 
 def test_the_monitors_signals_have_no_field_for_the_key() -> None:
     assert "expected" not in {f.name for f in dataclasses.fields(Signals)}
+
+
+def test_the_summary_sets_the_monitors_verdict_against_the_graders() -> None:
+    from pool.summary import summarise
+
+    def row(status: str, correct: bool | None) -> dict:
+        return {"status": status, "correct": correct, "tiers": [], "elapsed_s": 1.0, "attempts": 1,
+                "tokens": 10}
+
+    rows = [row("succeeded", True), row("succeeded", False), row("failed", True),
+            row("failed", False), row("succeeded", None), row("rejected", None)]
+    s = summarise(rows, [], 1.0)
+    assert (s["graded"], s["correct"], s["false_positive_failures"], s["false_negatives"]) == (4, 2, 1, 1)
+    assert s["correct_rate"] == 0.5 and s["succeeded"] == 3
