@@ -42,6 +42,12 @@ class HealthWeights(Section):
         return dict(self.model_dump())
 
 
+class VoteWhen(StrEnum):
+    NEVER = "never"
+    ANSWERS = "answers"  # short answers (kind=answer): their only signal is agreement
+    CONTRACTED = "contracted"  # answers, labels and JSON (free text never agrees word for word)
+
+
 class HealthConfig(Section):
     weights: HealthWeights = Field(default_factory=HealthWeights, description="Component weights.")
     healthy: float = Field(0.75, ge=0, le=1, description="Score at or above which a step is healthy.")
@@ -50,6 +56,15 @@ class HealthConfig(Section):
     )
     coherence_floor: float = Field(
         0.5, ge=0, le=1, description="Coherence below this is garbage, whatever the score."
+    )
+    votes: int = Field(
+        3, ge=1, le=9, description="Self-consistency: samples per step (the first plus extra "
+        "ones with other seeds) when `vote_when` applies; the majority answer is returned.",
+    )
+    vote_when: VoteWhen = Field(VoteWhen.ANSWERS, description="Which tasks vote.")
+    consistency_floor: float = Field(
+        0.5, ge=0, le=1, description="Agreement of the votes with the chosen answer below this "
+        "is a contract fault (tier 1 retunes: greedy, constrained).",
     )
 
 

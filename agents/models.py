@@ -138,6 +138,7 @@ class TaskResult(Frozen):
     agent_state: str = ""
     elapsed_s: float = 0.0
     tokens: int = 0
+    vote_tokens: int = 0  # of `tokens`, spent on self-consistency votes
     error: str = ""
     truth: str = ""  # ground truth of injected faults (scripted engine), else ""
     correct: bool | None = None  # graded against the task's answer key after the fact; None: no key

@@ -232,7 +232,7 @@ RESULT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task_id", "agent_id
     ("completeness", pa.float64()), ("latency", pa.float64()), ("memory", pa.float64()),
     ("consistency", pa.float64()), ("attempts", pa.int32()), ("tiers", pa.list_(pa.int8())),
     ("agent_state", pa.string()), ("elapsed_s", pa.float64()), ("tokens", pa.int64()),
-    ("error", pa.string()), ("truth", pa.string()), ("correct", pa.bool_()),
+    ("vote_tokens", pa.int64()), ("error", pa.string()), ("truth", pa.string()), ("correct", pa.bool_()),
 ])
 
 
@@ -267,7 +267,9 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("monitor vs grader", f"{s['false_positive_failures']} correct answers failed, "
                               f"{s['false_negatives']} wrong answers accepted"),
         ("task latency p50 / p95", f"{s['latency_p50_s']:.3f} s / {s['latency_p95_s']:.3f} s"),
-        ("tokens/s", f"{s['tokens_per_s']:.1f}"), ("tasks/s", f"{s['tasks_per_s']:.1f}"),
+        ("tokens/s (of them votes)", f"{s['tokens_per_s']:.1f} "
+                                     f"({100 * s['vote_tokens'] / max(1, s['tokens']):.0f}%)"),
+        ("tasks/s", f"{s['tasks_per_s']:.1f}"),
         ("activations (p50 / p99)",
          f"{s['activations']} ({s['activation_p50_ms']:.1f} / {s['activation_p99_ms']:.1f} ms)"),
         ("migrations (unavailable p50)",

@@ -25,6 +25,7 @@ from agents.events import EventSink
 from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
 from agents.state import RESIDENT, AgentState, Event, next_state
 from pool.checkpoint import CheckpointStore
+from pool.voting import vote, votes_for
 from recovery.policy import apply_retune
 from recovery.types import Action, Decision, HealthReport, Signals
 
@@ -44,6 +45,7 @@ class Carry:
     memory_compressed: bool = False
     host_changed: bool = False
     tokens: int = 0
+    vote_tokens: int = 0  # of `tokens`, what the extra self-consistency samples cost
     truth: str = ""
     started: float = 0.0  # clock() at the first execution; 0 before
 
@@ -64,6 +66,7 @@ class _Run:
     carry: Carry
     gen: GenResult | None = None
     fault: EngineFault | None = None
+    samples: tuple[str, ...] = ()  # the step's other votes
 
 
 class HostRuntime:
@@ -225,14 +228,16 @@ class HostRuntime:
             labels=run.task.labels, expected=run.task.expected, constrain=c.constrain,
             attempt=c.attempt, memory_compressed=c.memory_compressed, host_changed=c.host_changed,
         )
-        run.gen, run.fault = None, None
+        run.gen, run.fault, run.samples, voted = None, None, (), 0
         try:
-            run.gen = self.engine.generate(req)
+            run.gen = first = self.engine.generate(req)
+            if extra := votes_for(self.settings.health, req):
+                run.gen, run.samples, voted = vote(self.engine, req, first, extra)
         except EngineFault as fault:
             run.fault = fault
         truth = (run.gen.truth if run.gen else run.fault.truth if run.fault else GroundTruth.NONE)
-        tokens = run.gen.prompt_tokens + run.gen.completion_tokens if run.gen else 0
-        run.carry = replace(c, tokens=c.tokens + tokens,
+        tokens = first.prompt_tokens + first.completion_tokens + voted if run.gen else 0
+        run.carry = replace(c, tokens=c.tokens + tokens, vote_tokens=c.vote_tokens + voted,
                             truth=c.truth or (truth.value if truth is not GroundTruth.NONE else ""))
 
     def _signals(self, run: _Run, headroom: float) -> Signals:
@@ -248,6 +253,7 @@ class HostRuntime:
             json_schema=t.json_schema,
             labels=t.labels,
             max_chars=t.max_chars,
+            samples=run.samples,
             fault=run.fault.fault if run.fault else FaultClass.NONE,
         )
 
@@ -343,6 +349,7 @@ class HostRuntime:
             attempts=run.carry.attempt + 1, tiers=run.carry.tiers,
             agent_state=self._require().state.value,
             elapsed_s=self.clock() - run.carry.started, tokens=run.carry.tokens,
+            vote_tokens=run.carry.vote_tokens,
             error=error[:500], truth=run.carry.truth, **comps,
         )
         return Outcome(run.task, result)

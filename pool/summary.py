@@ -50,6 +50,7 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
         "latency_p50_s": percentile(latencies, 50),
         "latency_p95_s": percentile(latencies, 95),
         "tokens": tokens,
+        "vote_tokens": sum(r.get("vote_tokens", 0) for r in rows),
         "wall_s": wall_s,
         "tokens_per_s": tokens / wall_s if wall_s else 0.0,
         "tasks_per_s": len(ran) / wall_s if wall_s else 0.0,

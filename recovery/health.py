@@ -20,6 +20,7 @@ import json
 import re
 import unicodedata
 import zlib
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -250,15 +251,22 @@ def _same(kind: TaskKind, a: str, b: str) -> bool:
     return normalise(a) == normalise(b)
 
 
-def consistency(signals: Signals) -> float:
-    """Share of peers' and own earlier answers that agree with this one; 1.0 with none.
+def agreement(kind: TaskKind, text: str, others: Sequence[str]) -> float:
+    """Share of `others` that agree with `text`; 1.0 with none. Empty answers (an engine that
+    raised) say nothing and are skipped."""
+    said = [o for o in others if o.strip()]
+    return sum(_same(kind, text, o) for o in said) / len(said) if said else 1.0
 
-    Empty answers (peers whose engine raised) say nothing and are skipped.
-    """
-    others = [o for o in (*signals.peers, *signals.own_past) if o.strip()]
-    if not others:
-        return 1.0
-    return sum(_same(signals.kind, signals.text, o) for o in others) / len(others)
+
+def consistency(signals: Signals) -> float:
+    """Agreement of this answer with its votes, peers' and its own earlier answers."""
+    return agreement(signals.kind, signals.text, (*signals.samples, *signals.peers, *signals.own_past))
+
+
+def majority(kind: TaskKind, answers: Sequence[str]) -> int:
+    """Index of the answer the most others agree with (the first of the largest group)."""
+    support = [sum(_same(kind, a, b) for b in answers) for a in answers]
+    return support.index(max(support))
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -274,6 +282,8 @@ def _classify(signals: Signals, parts: dict[str, float], cfg: HealthConfig) -> F
         return FaultClass.GARBAGE
     if parts["completeness"] < cfg.contract_floor:
         return FaultClass.CONTRACT
+    if signals.samples and agreement(signals.kind, signals.text, signals.samples) < cfg.consistency_floor:
+        return FaultClass.CONTRACT  # the votes disagree: the model is guessing
     if signals.memory_headroom <= 0:
         return FaultClass.OOM
     return FaultClass.NONE

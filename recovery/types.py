@@ -27,6 +27,7 @@ class Signals:
     max_chars: int | None = None  # the task's length limit (a contract), if it states one
     peers: tuple[str, ...] = ()  # other agents' answers to the same prompt
     own_past: tuple[str, ...] = ()  # this agent's earlier answers to the same prompt
+    samples: tuple[str, ...] = ()  # this step's other votes (self-consistency), if it voted
     fault: FaultClass = FaultClass.NONE  # set when the engine raised
 
 
