@@ -6,8 +6,9 @@ actor calls doing the same number of steps (one call per step, spread over as ma
 pool has Hosts). Real model: the pool answering the shipped tasks against llama.cpp's own server
 engine (what a user runs instead: llama-server, here in-process through xllamacpp) with as many
 parallel slots as the pool has Hosts, called from as many threads, continuous batching and prompt
-caching on, the same GGUF and threads. One attempt per task on both sides. Both sides alternate,
-repetition by repetition, after one untimed round each; one pool serves every repetition (fresh
+caching on (its 8 GiB host-RAM prompt cache too), the same GGUF and threads. One attempt per
+task on both sides, no task asked twice. Both sides alternate, repetition by repetition, after
+an untimed warm-up each; one pool serves every repetition (fresh
 task ids each time), so Host start-up, model loading and first activations are outside the
 timings on both sides.
 """
@@ -97,7 +98,8 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     pool_cfg: dict[str, Any] = {"slots_per_gpu": slots} if slots else {}
     cfg = settings("llama_cpp", recovery={"mode": "none"}, engine={"memory_tokens": 0},
                    pool=pool_cfg)
-    tasks, specs = shipped(limit)
+    every, specs = shipped(None)
+    warm, rounds = _disjoint(every, limit, reps)
     by_id = {s.agent_id: s for s in specs}
     k = cfg.pool.slots_per_gpu
     say(f"  real model: starting the pool ({k} Hosts on one shared engine) and llama-server ({k} slots)")
@@ -110,12 +112,10 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
                                     "pool_latency_p95_s": [], "server_latency_p95_s": []}
     try:
         pool.register(specs)
-        say("  real model: one untimed round on both sides (engine load, first activations)")
-        warm = _renamed(tasks, -1)
+        say(f"  real model: {len(warm)} untimed tasks on both sides (engine load, first activations)")
         pool.run(warm)
         _serve(server, k, [_request(t, by_id[t.agent_id]) for t in warm])
-        for rep in range(reps):
-            batch = _renamed(tasks, rep)
+        for rep, batch in enumerate(rounds):
             wall = pool.run(batch)
             done = [pool.results[t.task_id] for t in batch if t.task_id in pool.results]
             lat = stats([r.elapsed_s for r in done])
@@ -131,12 +131,22 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     finally:
         pool.stop()
         server.close()
-    out: dict[str, Any] = {"tasks": len(tasks), "reps": reps, "slots": k,
+    out: dict[str, Any] = {"tasks": len(rounds[0]), "reps": reps, "slots": k,
                            **{key: stats(v) for key, v in rows.items()}}
     out["ratio_tasks_p50"] = ratio(out["pool_tasks_per_s"]["p50"], out["server_tasks_per_s"]["p50"])
     out["ratio_latency_p50"] = ratio(out["pool_latency_p50_s"]["p50"], out["server_latency_p50_s"]["p50"])
     out["ratio_latency_p95"] = ratio(out["pool_latency_p95_s"]["p50"], out["server_latency_p95_s"]["p50"])
     return out
+
+
+def _disjoint(tasks: list[Task], n: int, reps: int) -> tuple[list[Task], list[list[Task]]]:
+    """An untimed warm-up (as many tasks as a round, at most 32) and `reps` rounds of `n` tasks,
+    taken in order from the shipped tasks after it: a round never repeats an earlier round's task
+    (an identical request is a prompt-cache hit no real workload gives), unless there are too few."""
+    warm = tasks[: min(n, 32)]
+    rest = tasks[len(warm) :] or tasks
+    rounds = [[rest[(r * n + i) % len(rest)] for i in range(n)] for r in range(reps)]
+    return _renamed(warm, -1), [_renamed(b, r) for r, b in enumerate(rounds)]
 
 
 def _serve(server: Any, slots: int, reqs: list[GenRequest]) -> tuple[float, dict[str, float]]:
