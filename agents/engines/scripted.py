@@ -1,16 +1,20 @@
 """A deterministic engine with seeded fault injection and ground truth.
 
 Each task draws one fault from `FaultRates` by a hash of (seed, task_id), so every policy sees
-the same faults. A fault then behaves the way its real counterpart does, which is what lets a
-benchmark tell a good recovery policy from a bad one:
+the same faults. A drawn fault always shows on the task's first attempt; on each later attempt
+it recurs with a probability that depends on what the attempt changed (drawn from a hash of
+seed, task and attempt), so no action cures a fault by construction and a wrong policy shows up
+as failures (`recur_probability`):
 
-- garbage (transient): degenerate text while the temperature is high; a retry at the same
-  temperature clears it with probability 1/2, a lower temperature (<= 0.3) always does.
-- truncation (transient): the answer needs twice the default token limit; only a larger limit fixes it.
-- timeout (transient): the first attempt stalls past its deadline; any retry succeeds.
-- oom (resource): out of memory until the agent's memory is compressed or it moves to another Host.
-- crash (transient): the engine fails; each retry clears it with probability 1/2, a new Host always.
-- permanent: never answers correctly.
+- garbage (transient): degenerate text; recurs with p = 0.05 + 0.85 x min(1, T / 0.7) at
+  temperature T (0.9 at the default 0.7, 0.29 at 0.2, 0.05 greedy).
+- truncation (transient): the answer needs twice the default token limit; with that limit it
+  recurs with p = 0.1, without it always.
+- timeout (transient): the step stalls past its deadline; a retry recurs with p = 0.2.
+- oom (resource): out of memory; recurs with p = 0.3 once the agent's memory is compressed,
+  0.05 once it moved to another Host, always otherwise.
+- crash (transient): the engine fails; recurs with p = 0.5 on the same Host, 0.05 on another.
+- permanent: always recurs.
 
 Its device is simulated by `EngineConfig.device`: whether it can sleep (a sleeping engine refuses
 to generate, so a pool that forgets to wake it fails loudly) and what pynvml would read per GPU.
@@ -81,6 +85,21 @@ def correct_answer(req: GenRequest) -> str:
     return "A short and coherent answer to the question."
 
 
+def recur_probability(fault: str, req: GenRequest) -> float:
+    """How likely `fault` shows again on a later attempt shaped like `req` (see the module doc)."""
+    if fault == "garbage":
+        return 0.05 + 0.85 * min(1.0, req.params.temperature / 0.7)
+    if fault == "truncation":
+        return 0.1 if req.params.max_tokens >= _LONG_ANSWER_TOKENS else 1.0
+    if fault == "timeout":
+        return 0.2
+    if fault == "oom":
+        return 0.05 if req.host_changed else 0.3 if req.memory_compressed else 1.0
+    if fault == "crash":
+        return 0.05 if req.host_changed else 0.5
+    return 1.0  # permanent
+
+
 class ScriptedEngine:
     name = "scripted"
 
@@ -116,21 +135,21 @@ class ScriptedEngine:
         )
 
     def _answer(self, req: GenRequest, fault: str) -> tuple[str, str]:
-        clears = _unit(self.cfg.seed, req.task_id, req.attempt, "retry") < 0.5
-        if fault == "oom" and not (req.memory_compressed or req.host_changed):
-            raise EngineFault(FaultClass.OOM, "CUDA out of memory (injected)", _TRUTH[fault])
-        if fault == "timeout" and req.attempt == 0:
-            raise EngineFault(FaultClass.TIMEOUT, "step passed its deadline (injected)", _TRUTH[fault])
-        if fault == "crash" and not (req.host_changed or (req.attempt > 0 and clears)):
-            raise EngineFault(FaultClass.CRASH, "engine crashed (injected)", _TRUTH[fault])
-        if fault == "permanent":
-            return _GARBAGE, "stop"
-        if fault == "garbage" and req.params.temperature > 0.3 and not (req.attempt and clears):
-            return _GARBAGE, "stop"
+        shows = fault != "none" and (
+            req.attempt == 0
+            or _unit(self.cfg.seed, req.task_id, req.attempt, "recur") < recur_probability(fault, req))
         answer = correct_answer(req)
-        if fault == "truncation" and req.params.max_tokens < _LONG_ANSWER_TOKENS:
+        if not shows:
+            return answer, "stop"
+        if fault == "oom":
+            raise EngineFault(FaultClass.OOM, "CUDA out of memory (injected)", _TRUTH[fault])
+        if fault == "timeout":
+            raise EngineFault(FaultClass.TIMEOUT, "step passed its deadline (injected)", _TRUTH[fault])
+        if fault == "crash":
+            raise EngineFault(FaultClass.CRASH, "engine crashed (injected)", _TRUTH[fault])
+        if fault == "truncation":
             return answer[: max(1, len(answer) // 2)], "length"
-        return answer, "stop"
+        return _GARBAGE, "stop"  # garbage, permanent
 
     def save_state(self, agent_id: str) -> bytes | None:
         return self._states.get(agent_id)

@@ -49,10 +49,17 @@ def test_healthy_batch_commits_memory_before_returning(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("fault", "tier"), [("garbage", 1), ("truncation", 1), ("timeout", 1), ("oom", 2)])
 def test_tiered_recovery_heals_each_fault(tmp_path: Path, fault: str, tier: int) -> None:
+    """Faults recur with the scripted engine's probabilities, so: most heal at the fault's tier on
+    this Host, the rest are handed back to move (tier 2) or fail at the attempt cap; none heals
+    without a recovery."""
     host, _ = _host(tmp_path, fault)
-    (outcome,) = host.run(_tasks(1), headroom=0.5)
-    assert outcome.result.status is TaskStatus.SUCCEEDED, outcome.result.error
-    assert outcome.result.attempts >= 2 and max(outcome.result.tiers) == tier
+    outcomes = host.run(_tasks(20), headroom=0.5)
+    healed = [o.result for o in outcomes if o.result and o.result.status is TaskStatus.SUCCEEDED]
+    moved = [o for o in outcomes if o.result is None]
+    assert all(o.carry is not None and o.carry.host_changed for o in moved)
+    assert len(healed) + len(moved) >= 16, [o.result.error for o in outcomes if o.result]
+    assert all(r.attempts >= 2 and max(r.tiers) >= tier for r in healed)
+    assert sum(max(r.tiers) == tier for r in healed) >= 10
 
 
 def test_crash_asks_for_migration(tmp_path: Path) -> None:
@@ -147,8 +154,10 @@ def test_a_round_of_retries_backs_off_once_not_once_per_task(tmp_path: Path) -> 
     host.sleep = waits.append
     host.assess = Monitor(host.settings.health, host.settings.recovery, clock=lambda: 0.0).assess
     outcomes = host.run(_tasks(4), headroom=0.5)
-    assert all(o.result.status is TaskStatus.SUCCEEDED for o in outcomes)
-    assert len(waits) == 1 and 0 < waits[0] <= 0.05 * 1.5
+    attempts = [o.result.attempts for o in outcomes if o.result]
+    rounds = max(attempts) - 1  # rounds after the first, each retrying some of the 4 tasks
+    assert len(waits) == rounds < sum(a - 1 for a in attempts)  # one wait per round, not per task
+    assert 0 < waits[0] <= 0.05 * 1.5
 
 
 def test_memory_pressure_compresses_then_migrates_off_the_gpu(tmp_path: Path) -> None:
