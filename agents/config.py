@@ -77,6 +77,10 @@ class RecoveryMode(StrEnum):
 class RecoveryConfig(Section):
     mode: RecoveryMode = Field(RecoveryMode.TIERED, description="Which recovery policy runs.")
     max_attempts: int = Field(4, ge=1, le=20, description="Hard cap on attempts per task.")
+    greedy_constrained_first: bool = Field(
+        False, description="First attempts decode at temperature 0, constrained by the task's "
+        "schema or labels (what a careful user of llama-server does in one attempt).",
+    )
     intensity: int = Field(
         5, ge=1, description="Restarts allowed within `period_s` before escalating a tier."
     )

@@ -179,7 +179,7 @@ class HostRuntime:
     def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
         agent = self._require()
         self._dirty = True
-        runs = [_Run(t, c or Carry(params=self._params(t))) for t, c in tasks]
+        runs = [_Run(t, c or self._first_carry(t)) for t, c in tasks]
         done: list[Outcome] = []
         while runs:
             for run in runs:
@@ -208,6 +208,12 @@ class HostRuntime:
                              kv_max_bytes=cfg.kv_max_bytes, tokens=self.kv_tokens())
             return None  # the next activation re-reads persona and memory
         return blob
+
+    def _first_carry(self, task: Task) -> Carry:
+        if self.settings.recovery.greedy_constrained_first:
+            greedy = self._params(task).model_copy(update={"temperature": 0.0})
+            return Carry(params=greedy, constrain=True)
+        return Carry(params=self._params(task))
 
     def _params(self, task: Task) -> GenerationParams:
         params = self._require().spec.generation

@@ -31,7 +31,7 @@ from agents.config import load_settings
 from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.batch import RunOptions, run_batch
 from pool.bench.common import start_ray
-from pool.bench.healing import POLICIES  # one definition: every policy gets the same attempt cap
+from pool.bench.healing import CONSTRAINED, POLICIES  # one definition: the same attempt caps
 from pool.bench.workload import AGENTS, TASKS, shipped
 from pool.synthetic import write_tasks
 
@@ -44,7 +44,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="Stratified subset of N tasks (default 96; 0 = all).")
     p.add_argument("--out", type=Path, default=Path("out/compare"), help="Output folder.")
     p.add_argument("--seed", type=int, default=0, help="Engine (sampling) seed, the same for all.")
-    p.add_argument("--policies", default=",".join(POLICIES), help="Comma-separated subset.")
+    p.add_argument("--policies", default=",".join([*POLICIES, "constrained"]),
+                   help="Comma-separated subset (constrained: one greedy schema/label-constrained attempt).")
     p.add_argument("--slots-per-gpu", type=int, help="Hosts (default: the pool's 12).")
     return p.parse_args(argv)
 
@@ -61,7 +62,8 @@ def run_policy(name: str, tasks_path: Path, args: argparse.Namespace) -> dict[st
     if args.slots_per_gpu:
         pool["slots_per_gpu"] = args.slots_per_gpu
     settings = load_settings(overrides={"engine": {"kind": "llama_cpp", "seed": args.seed},
-                                        "recovery": POLICIES[name], "pool": pool})
+                                        "recovery": {**POLICIES, "constrained": CONSTRAINED}[name],
+                                        "pool": pool})
     out = args.out / name
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one
     try:

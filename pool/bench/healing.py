@@ -31,6 +31,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     "naive": {"mode": "naive"},
     "tiered": {"mode": "tiered"},
 }
+# What a careful user of llama-server does instead: one attempt, greedy, schema/label constrained.
+CONSTRAINED = {"mode": "none", "greedy_constrained_first": True}
 _HEALABLE = ("transient", "resource")
 
 

@@ -97,7 +97,7 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
 
     pool_cfg: dict[str, Any] = {"slots_per_gpu": slots} if slots else {}
     cfg = settings("llama_cpp", recovery={"mode": "none"}, engine={"memory_tokens": 0},
-                   pool=pool_cfg)
+                   pool=pool_cfg, health={"votes": 1})  # one generation per task, as the peer
     every, specs = shipped(None)
     warm, rounds = _disjoint(every, limit, reps)
     by_id = {s.agent_id: s for s in specs}

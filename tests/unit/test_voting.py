@@ -44,10 +44,11 @@ class BySeed:
     name = "by-seed"
 
     def __init__(self, answers: dict[int, str]) -> None:
-        self.answers, self.calls = answers, []
+        self.answers, self.calls, self.constrained = answers, [], []
 
     def generate(self, req: GenRequest) -> GenResult:
         self.calls.append((req.params.seed, req.params.temperature))
+        self.constrained.append(req.constrain)
         text = "Lima" if req.params.temperature == 0 else self.answers[req.params.seed]
         return GenResult(text=text, finish_reason="stop", prompt_tokens=10, completion_tokens=2,
                          elapsed_s=0.01)
@@ -61,9 +62,9 @@ class BySeed:
     def close(self) -> None: ...
 
 
-def _run(tmp_path: Path, answers: dict[int, str]) -> tuple[object, BySeed]:
+def _run(tmp_path: Path, answers: dict[int, str], **recovery: object) -> tuple[object, BySeed]:
     settings = load_settings(overrides={"engine": {"kind": "scripted"},
-                                        "recovery": {"backoff_base_s": 0.0}})
+                                        "recovery": {"backoff_base_s": 0.0, **recovery}})
     store = CheckpointStore(tmp_path)
     store.write(AgentRecord(spec=AgentSpec(agent_id="a1")), epoch=0)
     engine = BySeed(answers)
@@ -86,3 +87,11 @@ def test_three_different_answers_retune_to_greedy_which_does_not_vote(tmp_path: 
     result, engine = _run(tmp_path, {0: "Quito", 7919: "Bogota", 15838: "Caracas"})
     assert result.status == "succeeded" and result.output == "Lima" and result.attempts == 2
     assert 1 in result.tiers and engine.calls[-1][1] == 0.0 and len(engine.calls) == 4
+
+
+def test_the_constrained_baseline_decodes_greedy_and_constrained_from_the_first_attempt(
+    tmp_path: Path,
+) -> None:
+    result, engine = _run(tmp_path, {}, mode="none", greedy_constrained_first=True)
+    assert engine.calls == [(0, 0.0)] and engine.constrained == [True]  # greedy: no votes
+    assert result.attempts == 1 and result.output == "Lima"
