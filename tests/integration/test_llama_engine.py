@@ -42,7 +42,8 @@ MEMORY = (
 
 @pytest.fixture(scope="module")
 def core() -> Iterator[LlamaServerCore]:
-    eng = LlamaServerCore(EngineConfig(n_ctx=CTX), slots=SLOTS, n_threads=2)
+    # no host-RAM prompt cache: these tests measure what a slot itself holds
+    eng = LlamaServerCore(EngineConfig(n_ctx=CTX, prompt_cache_mib=0), slots=SLOTS, n_threads=2)
     yield eng
     eng.close()
 
