@@ -155,9 +155,8 @@ class EngineConfig(Section):
         "when the engine sees a GPU, 0 otherwise.",
     )
     prompt_cache_mib: int = Field(
-        8192, ge=0, description="llama.cpp: host-RAM prompt cache shared by the slots "
-        "(llama-server's --cache-ram, same default): a prompt that shares a prefix with one "
-        "evaluated in another slot reuses it. Host RAM, not in the GPU ledger; 0: off.",
+        0, ge=0, description="llama.cpp: host-RAM prompt cache across slots (llama-server's "
+        "--cache-ram); 0: off, each agent's KV lives in its own slot and checkpoint.",
     )
     compute_mib: float = Field(
         64.0, ge=0, description="llama.cpp: reserve for the engine's compute buffers until the "

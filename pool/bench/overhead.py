@@ -104,7 +104,8 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     k = cfg.pool.slots_per_gpu
     say(f"  real model: starting the pool ({k} Hosts on one shared engine) and llama-server ({k} slots)")
     pool = start_pool(cfg, root / "checkpoints")
-    # llama-server as it comes: its host-RAM prompt cache at its default size (the pool's default too)
+    # llama-server as it comes: its host-RAM prompt cache at its default size (the pool turns it
+    # off: each agent's KV lives in its slot and checkpoint)
     server = LlamaServerCore(cfg.engine.model_copy(update={"prompt_cache_mib": SERVER_CACHE_MIB}), slots=k)
     rows: dict[str, list[float]] = {"pool_tasks_per_s": [], "server_tasks_per_s": [],
                                     "pool_latency_p50_s": [], "server_latency_p50_s": [],
