@@ -280,6 +280,8 @@ def summary_table(s: dict[str, Any]) -> Table:
     ]
     if s.get("prefix_cache_hit_rate") is not None:
         rows.append(("prefix-cache hit rate", f"{100 * s['prefix_cache_hit_rate']:.1f}%"))
+    if s.get("kv_dropped"):
+        rows.append(("KV states dropped (over engine.kv_max_bytes)", s["kv_dropped"]))
     for k, v in rows:
         table.add_row(k, str(v))
     return table

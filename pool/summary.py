@@ -25,7 +25,7 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
     latencies = [r["elapsed_s"] for r in ran if r["attempts"]]
     tokens = sum(r["tokens"] for r in rows)
     activations, peak_residents, peak_used, limit, slots = [], 0, 0.0, 0.0, 0
-    prompt_tokens = cached_tokens = 0
+    prompt_tokens = cached_tokens = kv_dropped = 0
     unavailable: list[float] = []  # per migration: from leaving its Host to bound on the next
     for e in events:
         if e.get("event") == "pool.activated":
@@ -36,6 +36,8 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
             peak_residents = max(peak_residents, e["residents"])
             peak_used = max(peak_used, e["used_mib"])
             limit, slots = e["limit_mib"], e["slots"]
+        elif e.get("event") == "agent.kv_dropped":
+            kv_dropped += 1
         elif e.get("event") == "engine.stats":  # vLLM's shared engines
             prompt_tokens += e.get("prompt_tokens", 0)
             cached_tokens += e.get("cached_tokens", 0)
@@ -64,6 +66,7 @@ def summarise(rows: list[dict[str, Any]], events: Iterable[dict[str, Any]], wall
         "peak_ledger_mib": peak_used,
         "ledger_limit_mib": limit,
         "prefix_cache_hit_rate": cached_tokens / prompt_tokens if prompt_tokens else None,
+        "kv_dropped": kv_dropped,  # KV states over engine.kv_max_bytes, not kept at park
         "mean_attempts": statistics.fmean(r["attempts"] for r in ran) if ran else 0.0,
         **_grades(ran),
     }

@@ -49,6 +49,7 @@ def test_the_summary_sets_the_monitors_verdict_against_the_graders() -> None:
 
     rows = [row("succeeded", True), row("succeeded", False), row("failed", True),
             row("failed", False), row("succeeded", None), row("rejected", None)]
-    s = summarise(rows, [], 1.0)
+    s = summarise(rows, [{"event": "agent.kv_dropped"}, {"event": "pool.parked"}], 1.0)
+    assert s["kv_dropped"] == 1
     assert (s["graded"], s["correct"], s["false_positive_failures"], s["false_negatives"]) == (4, 2, 1, 1)
     assert s["correct_rate"] == 0.5 and s["succeeded"] == 3
