@@ -19,6 +19,7 @@ pipe, keeps those figures and passes on warnings, errors and every line that is 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -116,7 +117,8 @@ class _LogTap:
                 elif line.startswith("Traceback"):
                     passing = True
                 if passing:
-                    self._out.write(line)
+                    with contextlib.suppress(OSError, ValueError):  # never stop reading: a full
+                        self._out.write(line)  # pipe would block every thread that logs
 
 
 _TAP: _LogTap | None = None  # one per process: fd 2 is the process's
