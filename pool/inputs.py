@@ -51,9 +51,16 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
             yield n, row, ""
 
 
-def _rejected(n: int, row: dict[str, Any] | None, error: str, seen: set[str]) -> TaskResult:
+def _rejected(n: int, row: dict[str, Any] | None, error: str, seen: set[str],
+              claimed: set[str]) -> TaskResult:
+    """A rejected row under its own task id if it has a free one, else `line-N` (made unique
+    against every task id of the file, so that it never shadows a real task)."""
     raw_id = row.get("task_id") if row else None
     task_id = raw_id if isinstance(raw_id, str) and raw_id and raw_id not in seen else f"line-{n}"
+    k = 0
+    while task_id != raw_id and (task_id in claimed or task_id in seen):
+        k += 1
+        task_id = f"line-{n}~{k}"
     agent = row.get("agent_id") if row else None
     return TaskResult(task_id=task_id, agent_id=agent if isinstance(agent, str) else "",
                       status=TaskStatus.REJECTED, error=error)
@@ -64,11 +71,13 @@ def load_tasks(path: Path, agents: set[str] | None = None) -> tuple[list[Task], 
     tasks: list[Task] = []
     rejected: list[TaskResult] = []
     seen: set[str] = set()
-    for n, row, error in _rows(path):
+    rows = list(_rows(path))
+    claimed = {r["task_id"] for _, r, _ in rows if r and isinstance(r.get("task_id"), str)}
+    for n, row, error in rows:
         if row is not None:
             error = _check(n, row, seen, agents)
         if error:
-            rec = _rejected(n, row, error, seen)
+            rec = _rejected(n, row, error, seen, claimed)
             seen.add(rec.task_id)
             rejected.append(rec)
             continue

@@ -83,3 +83,17 @@ def test_summary_reports_the_prefix_cache_hit_rate_of_vllm_engines() -> None:
               {"event": "engine.stats", "prompt_tokens": 100, "cached_tokens": 25}]
     assert summarise([], events, 1.0)["prefix_cache_hit_rate"] == 0.25
     assert summarise([], [], 1.0)["prefix_cache_hit_rate"] is None
+
+
+def test_a_rejected_lines_fallback_id_never_shadows_a_real_task_id(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{oops\n'
+                    '{"task_id": "line-1", "agent_id": "a", "prompt": "hi"}\n'
+                    '{"task_id": "line-4", "agent_id": "a", "prompt": "hi"}\n'
+                    '[1]\n'
+                    '{"task_id": "line-5~1", "agent_id": "a", "prompt": "hi"}\n'
+                    '"x"\n')
+    tasks, rejected = load_tasks(path)
+    assert [t.task_id for t in tasks] == ["line-1", "line-4", "line-5~1"]  # every valid task runs
+    ids = [r.task_id for r in rejected]
+    assert len(ids) == 3 and len(set(ids)) == 3 and not set(ids) & {t.task_id for t in tasks}
