@@ -34,8 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from agents.config import PoolConfig
-
-MIB = 1024 * 1024
+from agents.engines.gpumem import MIB
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,18 @@ from typing import Any
 MIB = 1024 * 1024
 
 
+def process_memory(pid: int | None = None) -> dict[str, float]:
+    """RSS and PSS (shared pages split among the processes sharing them) of process `pid`
+    (default: this one) in MiB, from /proc."""
+    out = {"rss_mib": 0.0, "pss_mib": 0.0}
+    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[f"{key.lower()}_mib"] = int(rest.split()[0]) / 1024
+    return out
+
+
 def visible_gpu() -> int:
     """The first GPU this process may use (Ray sets CUDA_VISIBLE_DEVICES for its actors)."""
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()

@@ -37,7 +37,7 @@ from typing import Any
 
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest, GenResult
-from agents.engines.gpumem import MIB, nvml_reading
+from agents.engines.gpumem import MIB, nvml_reading, process_memory
 from agents.engines.memory import read_shape
 from agents.errors import EngineFault, FaultClass, UsageError
 from agents.models import TaskKind
@@ -317,7 +317,7 @@ class LlamaServerCore:
             "base_mib": round(model + compute) if model else round(self.shape.weights_bytes / MIB),
             "reported": {"model_mib": model, "kv_mib": kv, "compute_mib": compute},
             "reserved_mib": round((model or self.shape.weights_bytes / MIB) + compute + reserved_kv),
-            "rss_mib": round(_rss_bytes() / MIB, 1), "slot_tokens": list(self.tokens),
+            "rss_mib": round(process_memory()["rss_mib"], 1), "slot_tokens": list(self.tokens),
             "can_sleep": False,
         }
 
@@ -331,8 +331,3 @@ class LlamaServerCore:
     def close(self) -> None:
         self.server = None
         shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -17,26 +17,15 @@ import ray
 
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest
+from agents.engines.gpumem import process_memory
 from agents.models import AgentSpec, GenerationParams, Task
 from pool.bench.common import Pool, Say, ratio, settings, start_pool
 
-MIB = 1024 * 1024
 PROMPT = "Name one planet of the solar system."
 
 
-def memory_of(pid: int) -> dict[str, float]:
-    """RSS and PSS of process `pid` in MiB, from /proc."""
-    out = {"rss_mib": 0.0, "pss_mib": 0.0}
-    with open(f"/proc/{pid}/smaps_rollup") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
-                out[f"{key.lower()}_mib"] = int(rest.split()[0]) / 1024
-    return out
-
-
 def _sum(pids: list[int]) -> dict[str, float]:
-    parts = [memory_of(p) for p in pids]
+    parts = [process_memory(p) for p in pids]
     return {"processes": len(pids), "rss_mib": round(sum(p["rss_mib"] for p in parts), 1),
             "pss_mib": round(sum(p["pss_mib"] for p in parts), 1)}
 
