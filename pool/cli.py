@@ -112,14 +112,14 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for mac
 @_JSON
 def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, watermark: float,
          slots_per_gpu: int, compute_mib: float, cache_type: str, as_json: bool) -> None:
-    from agents.engines.llama_server import check_model_path, default_model_path
+    from agents.engines.llama_server import model_file
     from agents.engines.memory import LLAMA_3_2_1B, LLAMA_3_2_3B, plan_memory, read_shape
 
     def go() -> None:
         known = {"llama-3.2-1b": LLAMA_3_2_1B, "llama-3.2-3b": LLAMA_3_2_3B}
         if shape and model:
             raise UsageError("--model and --shape: give one")
-        m = known[shape] if shape else read_shape(check_model_path(model or default_model_path()))
+        m = known[shape] if shape else read_shape(model_file(model))
         p = plan_memory(m, budget_mib, watermark, ctx, slots_per_gpu, compute_mib, cache_type)
         if as_json:
             import json

@@ -53,9 +53,9 @@ def memory_plan(settings: Settings) -> MemoryPlan | None:
     e, p = settings.engine, settings.pool
     if e.kind is not EngineKind.LLAMA_CPP:
         return None
-    from agents.engines.llama_server import check_model_path, default_model_path
+    from agents.engines.llama_server import model_file
 
-    shape = read_shape(check_model_path(e.model_path or default_model_path()))
+    shape = read_shape(model_file(e.model_path))
     return plan_memory(shape, p.budget_mib, p.watermark, e.n_ctx, p.slots_per_gpu, e.compute_mib)
 
 

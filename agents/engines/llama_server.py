@@ -73,6 +73,11 @@ def check_model_path(path: Path) -> Path:
     return path
 
 
+def model_file(path: Path | None) -> Path:
+    """The GGUF to load: `path`, else the shipped model; a one-line UsageError if it is not one."""
+    return check_model_path(path or default_model_path())
+
+
 def label_grammar(labels: tuple[str, ...]) -> str:
     """GBNF that accepts exactly one of `labels`."""
     return "root ::= " + " | ".join(json.dumps(label, ensure_ascii=False) for label in labels)
@@ -139,7 +144,7 @@ class LlamaServerCore:
         import xllamacpp as xl
 
         self.cfg, self.slots = cfg, slots
-        self.model_path = check_model_path(cfg.model_path or default_model_path())
+        self.model_path = model_file(cfg.model_path)
         self.shape = read_shape(self.model_path)
         self._tag = f"{self.model_path.name}:{self.model_path.stat().st_size}".encode()
         self._dir = Path(tempfile.mkdtemp(prefix="selfheal-slots-"))  # 0700; llama-server
@@ -251,23 +256,22 @@ class LlamaServerCore:
         self._check_slot(slot)
         data = self._parse(blob) if blob else None
         with self.lock:
-            if data is None:
+            self.tokens[slot] = self._restore(slot, data) if data is not None else 0
+            if not self.tokens[slot]:
                 self._action(slot, "erase")
-                self.tokens[slot] = 0
-                return 0
-            name = f"slot-{slot}.bin"
-            path = self._dir / name
-            path.write_bytes(data)
-            try:
-                out = self._action(slot, "restore", name)
-            except EngineFault:
-                self._action(slot, "erase")
-                self.tokens[slot] = 0
-                return 0
-            finally:
-                path.unlink(missing_ok=True)
-        self.tokens[slot] = int(out.get("n_restored", 0))
         return self.tokens[slot]
+
+    def _restore(self, slot: int, data: bytes) -> int:
+        """Tokens llama-server restored from `data` into the slot; 0 when it refused them."""
+        name = f"slot-{slot}.bin"
+        path = self._dir / name
+        path.write_bytes(data)
+        try:
+            return int(self._action(slot, "restore", name).get("n_restored", 0))
+        except EngineFault:
+            return 0
+        finally:
+            path.unlink(missing_ok=True)
 
     def _parse(self, blob: bytes) -> bytes | None:
         if len(blob) < _SNAP.size:
@@ -309,14 +313,13 @@ class LlamaServerCore:
         b = self.buffers
         model, kv, compute = b["model"], b["KV"], b["compute"] + b["output"]
         bpt = self.shape.kv_bytes_per_token()
-        reserved_kv = self.slots * self.cfg.n_ctx * bpt / MIB
         return {
             "engine": "llama_cpp", "model": self.model_path.name, "slots": self.slots,
             "ctx_per_slot": self.cfg.n_ctx, "n_gpu_layers": self.n_gpu_layers,
             "kv_bytes_per_token": bpt, "load_s": round(self.load_s, 3),
             "base_mib": round(model + compute) if model else round(self.shape.weights_bytes / MIB),
             "reported": {"model_mib": model, "kv_mib": kv, "compute_mib": compute},
-            "reserved_mib": round((model or self.shape.weights_bytes / MIB) + compute + reserved_kv),
+            "reserved_mib": self._reserved_mib(),
             "rss_mib": round(process_memory()["rss_mib"], 1), "slot_tokens": list(self.tokens),
             "can_sleep": False,
         }
@@ -325,8 +328,14 @@ class LlamaServerCore:
         """pynvml's reading of this process on its GPU; with no GPU, none (RSS is in `info`)."""
         if not self.n_gpu_layers:
             return {"available": False, "reason": "llama.cpp runs on the CPU: VRAM is not measured"}
-        reserved = self.info()["reserved_mib"]
-        return {**nvml_reading(), "scope": "gpu", "reserved_mib": reserved}
+        return {**nvml_reading(), "scope": "gpu", "reserved_mib": self._reserved_mib()}
+
+    def _reserved_mib(self) -> int:
+        """What the engine holds from its start: weights, compute buffers, every slot's KV."""
+        b = self.buffers
+        weights = b["model"] or self.shape.weights_bytes / MIB
+        kv = self.slots * self.cfg.n_ctx * self.shape.kv_bytes_per_token() / MIB
+        return round(weights + b["compute"] + b["output"] + kv)
 
     def close(self) -> None:
         self.server = None
