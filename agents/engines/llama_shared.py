@@ -19,7 +19,7 @@ import ray
 
 from agents.config import EngineConfig, PoolConfig
 from agents.engines.base import GenRequest, GenResult
-from agents.engines.shared import SharedEngineClient, engine_name
+from agents.engines.shared import LLAMA_PREFIX, SharedEngineClient, engine_name
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)  # type: ignore[call-overload]
@@ -54,7 +54,7 @@ class LlamaEngine(SharedEngineClient):
     """A Host's view of its GPU's shared llama.cpp engine: slot `slot` of `slots`."""
 
     name = "llama_cpp"
-    prefix = "llama-engine"
+    prefix = LLAMA_PREFIX
 
     def __init__(self, cfg: EngineConfig, pool: PoolConfig | None, slot: int, slots: int) -> None:
         self.slot, self.slots = slot, slots

@@ -25,7 +25,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from agents.config import EngineConfig, PoolConfig
 from agents.errors import EngineFault, FaultClass, SelfhealError
 
-PREFIXES = ("llama-engine", "vllm-engine")
+LLAMA_PREFIX, VLLM_PREFIX = "llama-engine", "vllm-engine"  # the actor names' first part
+PREFIXES = (LLAMA_PREFIX, VLLM_PREFIX)
 
 
 def engine_name(prefix: str, cfg: EngineConfig, node_id: str, gpu: str, *extra: object) -> str:

@@ -16,7 +16,7 @@ import ray
 
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest, GenResult
-from agents.engines.shared import SharedEngineClient
+from agents.engines.shared import VLLM_PREFIX, SharedEngineClient
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)  # type: ignore[call-overload]
@@ -52,7 +52,7 @@ class VllmEngine(SharedEngineClient):
     """A Host's view of its GPU's shared vLLM engine (the Engine protocol)."""
 
     name = "vllm"
-    prefix = "vllm-engine"
+    prefix = VLLM_PREFIX
 
     def _spawn(self, options: dict[str, Any], cuda_id: str | None) -> Any:
         return VllmEngineActor.options(**options).remote(  # type: ignore[attr-defined]
