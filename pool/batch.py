@@ -242,9 +242,8 @@ def graded(rows: list[dict[str, Any]], tasks: list[Task]) -> list[dict[str, Any]
     keys = {t.task_id: t for t in tasks}
     out = []
     for r in rows:
-        t = keys.get(r["task_id"])
-        ran = t is not None and r["status"] != "rejected"
-        out.append({**r, "correct": grade(t.kind, r["output"], t.expected) if ran and t else None})
+        t = keys.get(r["task_id"]) if r["status"] != "rejected" else None
+        out.append({**r, "correct": grade(t.kind, r["output"], t.expected) if t else None})
     return out
 
 

@@ -8,9 +8,8 @@ engine (what a user runs instead: llama-server, here in-process through xllamacp
 parallel slots as the pool has Hosts, called from as many threads, continuous batching and prompt
 caching on (its 8 GiB host-RAM prompt cache too), the same GGUF and threads. One attempt per
 task on both sides, no task asked twice. Both sides alternate, repetition by repetition, after
-an untimed warm-up each; one pool serves every repetition (fresh
-task ids each time), so Host start-up, model loading and first activations are outside the
-timings on both sides.
+an untimed warm-up each; one pool serves every repetition (fresh task ids each time), so Host
+start-up, model loading and first activations are outside the timings on both sides.
 """
 
 from __future__ import annotations
