@@ -40,9 +40,6 @@ class LlamaEngineActor:
     def restore_slot(self, slot: int, blob: bytes | None) -> int:
         return self.core.restore_slot(slot, blob)
 
-    def metrics(self) -> dict[str, float]:
-        return self.core.metrics()
-
     def measure(self) -> dict[str, Any]:
         return self.core.measure()
 
