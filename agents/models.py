@@ -9,9 +9,26 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from agents.state import AgentState
+
+
+def _runs_on_re2(pattern: str) -> str:
+    """The monitor checks answers with RE2 (linear time): a pattern it refuses is bad input."""
+    from recovery.contract import pattern_problem  # RE2's rules live in one place
+
+    if problem := pattern_problem(pattern):
+        raise ValueError(problem)
+    return pattern
+
 
 AgentId = Annotated[
     str,
@@ -62,6 +79,11 @@ class Task(Frozen):
     max_chars: int | None = Field(
         None, ge=1, le=100_000, description="Longest acceptable answer in characters (a contract "
         "the monitor checks).",
+    )
+    pattern: Annotated[str, AfterValidator(_runs_on_re2)] | None = Field(
+        None, min_length=1, max_length=1000, description="The answer's shape as a regular "
+        "expression in RE2 syntax, searched in the stripped answer, e.g. ^[A-Z][a-z]+$ (a "
+        "contract the monitor checks, for any kind; no backreferences or lookaround).",
     )
     priority: int = Field(5, ge=0, le=9, description="0 lowest, 9 highest.")
     deadline_s: float = Field(30.0, gt=0, le=3600, description="Seconds allowed for the task.")

@@ -259,6 +259,7 @@ class HostRuntime:
             json_schema=t.json_schema,
             labels=t.labels,
             max_chars=t.max_chars,
+            pattern=t.pattern,
             samples=run.samples,
             fault=run.fault.fault if run.fault else FaultClass.NONE,
         )

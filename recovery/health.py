@@ -2,7 +2,7 @@
 
 Theory of operation. Five components, each a pure function returning a float in [0, 1], are
 weighted by `HealthConfig.weights` into one score. Coherence looks only at the text (is it
-degenerate?); completeness checks the contract a user can write (schema, label set, length limit,
+degenerate?); completeness checks the contract a user can write (schema, label set, length limit, shape,
 not cut off; never the answer key, which only the grader in `recovery.grade` reads); latency and
 memory read the step's elapsed time and the VRAM headroom; consistency compares the answer with
 peers' and the agent's own earlier answers. The fault class is then picked by fixed rules, first
@@ -21,16 +21,12 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
-from jsonschema import SchemaError
-from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
-
 from agents.config import HealthConfig
-from agents.errors import FaultClass, UsageError
+from agents.errors import FaultClass
 from agents.models import TaskKind
+from recovery.contract import conforms, search
 from recovery.types import HealthReport, Signals
 
 _ALLOWED_CONTROL = frozenset("\n\t\r")
@@ -164,25 +160,13 @@ def extract_json(text: str) -> object | None:
     return None
 
 
-@lru_cache(maxsize=256)
-def _validator(schema_text: str) -> Validator:
-    schema = json.loads(schema_text)
-    cls = validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except SchemaError as exc:
-        raise UsageError(f"task schema is not a valid JSON schema: {exc.message}") from None
-    validator: Validator = cls(schema)
-    return validator
-
-
 def _json_completeness(text: str, schema: dict[str, Any] | None) -> float:
     instance: Any = extract_json(text)  # jsonschema types its instances as JSON values
     if instance is None:
         return 0.0
     if schema is None:
         return 1.0
-    if _validator(json.dumps(schema, sort_keys=True)).is_valid(instance):
+    if conforms(schema, instance):
         return 1.0
     required = schema.get("required", [])
     if not required or not isinstance(instance, dict):
@@ -207,9 +191,12 @@ def _label_completeness(text: str, labels: tuple[str, ...]) -> float:
 
 def _contract(signals: Signals) -> float:
     """The contract a user can write without knowing the answer: the JSON schema, the label
-    set, a length limit. A free or short answer with no format has none: any text meets it."""
+    set, a length limit, the answer's shape (a pattern). A free or short answer with no format
+    has none: any text meets it. Patterns run on RE2 (`recovery.contract`): linear time."""
     text = signals.text
     if signals.max_chars is not None and len(text.strip()) > signals.max_chars:
+        return 0.0
+    if signals.pattern is not None and not search(signals.pattern, text.strip()):
         return 0.0
     if signals.kind is TaskKind.JSON:
         return _json_completeness(text, signals.json_schema)

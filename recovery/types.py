@@ -25,6 +25,7 @@ class Signals:
     json_schema: dict[str, Any] | None = None
     labels: tuple[str, ...] | None = None
     max_chars: int | None = None  # the task's length limit (a contract), if it states one
+    pattern: str | None = None  # the answer's shape (RE2 syntax, a contract), if the task states one
     peers: tuple[str, ...] = ()  # other agents' answers to the same prompt
     own_past: tuple[str, ...] = ()  # this agent's earlier answers to the same prompt
     samples: tuple[str, ...] = ()  # this step's other votes (self-consistency), if it voted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -145,6 +147,50 @@ def test_unparseable_json_is_incomplete() -> None:
 def test_a_bad_schema_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="schema"):
         completeness(sig('{"a": 1}', kind=TaskKind.JSON, json_schema={"type": "nonsense"}))
+
+
+EVIL = "^(a+)+$"  # exponential on Python's backtracking `re`: 2^48 steps against the answer below
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "additionalProperties": {"type": "string", "pattern": EVIL}},
+        {"type": "object", "patternProperties": {EVIL: {"type": "integer"}}},
+        {"type": "object", "patternProperties": {EVIL: {}}, "additionalProperties": False},
+        {"type": "object", "propertyNames": {"pattern": EVIL}},
+    ],
+)
+def test_a_schemas_patterns_run_in_linear_time(schema: dict[str, Any]) -> None:
+    evil = "a" * 48 + "b"
+    answer = json.dumps({evil: evil})  # the one key and its value: nothing fails earlier
+    started = time.perf_counter()
+    report = score(sig(answer, kind=TaskKind.JSON, json_schema=schema), HealthConfig())
+    assert time.perf_counter() - started < 1.0  # a guard; `re` would take days
+    assert 0.0 <= report.completeness <= 1.0
+
+
+def test_schema_patterns_run_on_re2() -> None:
+    """RE2 syntax, not Python's: \\p{Lu} is a Unicode class there (a bad escape for `re`), and a
+    backreference, which needs backtracking, is the schema's fault."""
+    upper = {"type": "object", "properties": {"name": {"type": "string", "pattern": r"^\p{Lu}"}}}
+    assert completeness(sig('{"name": "Ana"}', kind=TaskKind.JSON, json_schema=upper)) == 1.0
+    assert completeness(sig('{"name": "ana"}', kind=TaskKind.JSON, json_schema=upper)) < 0.5
+    backref = {"type": "object", "properties": {"s": {"type": "string", "pattern": r"(a)\1"}}}
+    with pytest.raises(UsageError, match="not supported"):
+        completeness(sig('{"s": "aa"}', kind=TaskKind.JSON, json_schema=backref))
+
+
+def test_the_tasks_pattern_is_part_of_the_contract_for_any_kind() -> None:
+    shape = r"^[A-Z][a-z]+$"
+    assert completeness(sig("Lima", kind=TaskKind.ANSWER, pattern=shape)) == 1.0
+    assert completeness(sig(" Lima\n", kind=TaskKind.ANSWER, pattern=shape)) == 1.0
+    assert completeness(sig("lima is the capital", kind=TaskKind.ANSWER, pattern=shape)) == 0.0
+    assert completeness(sig("Lima", kind=TaskKind.FREE, pattern=EVIL)) == 0.0
+    assert completeness(sig('{"name": "Ada", "age": 3}', kind=TaskKind.JSON, json_schema=PERSON,
+                            pattern=r"^\{")) == 1.0
+    report = score(sig("a" * 48 + "b", kind=TaskKind.ANSWER, pattern=EVIL), HealthConfig())
+    assert report.fault is FaultClass.CONTRACT
 
 
 def label_sig(text: str) -> Signals:

@@ -254,3 +254,14 @@ def test_a_kv_state_over_the_cap_is_dropped_with_an_event(tmp_path: Path) -> Non
     assert codec.decode(host.park()).kv_state is None
     (dropped,) = [e for e in host.events.drain() if e["event"] == "agent.kv_dropped"]
     assert dropped["bytes"] == len(big)
+
+
+def test_the_tasks_pattern_reaches_the_monitor(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, None)
+    shaped = [(Task(task_id="ok", agent_id="a1", prompt="2+2?", kind="answer", expected="4",
+                    pattern=r"^\d+$"), None),
+              (Task(task_id="bad", agent_id="a1", prompt="3+3?", kind="answer", expected="6",
+                    pattern=r"^[A-Z][a-z]+$"), None)]
+    outcomes = {o.task.task_id: o.result for o in host.run(shaped, headroom=0.5)}
+    assert outcomes["ok"].status is TaskStatus.SUCCEEDED
+    assert outcomes["bad"].status is TaskStatus.FAILED and "contract" in outcomes["bad"].error
