@@ -77,6 +77,10 @@ class RecoveryMode(StrEnum):
 class RecoveryConfig(Section):
     mode: RecoveryMode = Field(RecoveryMode.TIERED, description="Which recovery policy runs.")
     max_attempts: int = Field(4, ge=1, le=20, description="Hard cap on attempts per task.")
+    deadline_factor: float = Field(
+        3.0, ge=1, le=100, description="A generation still running at the task's deadline_s x "
+        "this is cut and counts as a TIMEOUT fault.",
+    )
     greedy_constrained_first: bool = Field(
         False, description="First attempts decode at temperature 0, constrained by the task's "
         "schema or labels (what a careful user of llama-server does in one attempt).",
@@ -205,6 +209,15 @@ class PoolConfig(Section):
     watchdog_s: float = Field(
         600.0, gt=0, description="A Host's batch running longer is a stall: its agent is fenced "
         "off by a new epoch and re-activated on another Host.",
+    )
+    monitor_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait of a Host for the monitor's verdicts on "
+        "a round; past it the Host scores and decides alone for the rest of its batch (event "
+        "`host.monitor_unavailable`).",
+    )
+    task_deaths: int = Field(
+        2, ge=1, le=100, description="Host deaths a task may cause: a task in flight on this "
+        "many Hosts that died is failed alone, and its agent goes on.",
     )
     reconcile_s: float = Field(
         30.0, ge=0, description="Seconds between reconciliations of the VRAM ledger with "

@@ -7,17 +7,19 @@ fractional GPU, and reused for many agents; it holds no model: it calls its GPU'
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from agents.config import Settings
 from agents.engines.factory import make_engine
 from agents.models import Task
 from pool.checkpoint import CheckpointStore
-from pool.host import Carry, HostRuntime, Outcome
+from pool.host import Carry, HostRuntime, MonitorUnavailable, Outcome
 from pool.metrics import MonitorMetrics
 from recovery.monitor import Monitor
 from recovery.types import Decision, HealthReport, Signals
@@ -33,6 +35,7 @@ class HostActor:
         self.monitor = ray.get_actor(MONITOR_NAME, namespace=settings.pool.namespace)
         engine = make_engine(settings.engine, pool=settings.pool, slot=slot, slots=slots)
         store = CheckpointStore(Path(store_root), keep=settings.pool.keep_versions)
+        self.monitor_timeout_s = settings.pool.monitor_timeout_s
         self.rt = HostRuntime(host_id, settings, engine, store, self._assess)
         self.gpu = (ray.get_gpu_ids() or ["0"])[0]
         self.node = ray.get_runtime_context().get_node_id()
@@ -40,7 +43,17 @@ class HostActor:
     def _assess(
         self, agent_id: str, items: list[tuple[str, str, int, Signals]]
     ) -> list[tuple[HealthReport, Decision]]:
-        return ray.get(self.monitor.assess.remote(agent_id, items))  # type: ignore[no-any-return,unused-ignore]
+        """The monitor's verdicts, waited for `pool.monitor_timeout_s` at most: a hung or lost
+        monitor is `MonitorUnavailable`, which the runtime answers by assessing alone."""
+        ref: Any = self.monitor.assess.remote(agent_id, items)
+        try:
+            return ray.get(ref, timeout=self.monitor_timeout_s)  # type: ignore[no-any-return,unused-ignore]
+        except (GetTimeoutError, RayActorError) as exc:
+            with contextlib.suppress(RayError):  # a queued call need not run any more
+                ray.cancel(ref)
+            why = (f"no answer in {self.monitor_timeout_s} s" if isinstance(exc, GetTimeoutError)
+                   else f"monitor lost: {type(exc).__name__}")
+            raise MonitorUnavailable(why) from None
 
     def info(self) -> dict[str, Any]:
         return {"gpu": str(self.gpu), "node": self.node, "pid": os.getpid(),

@@ -3,7 +3,9 @@
 A Host holds at most one agent (an `AgentRecord` plus its epoch). `run` executes a batch of the
 agent's tasks in rounds: every pending task is executed once, all outcomes go to the monitor in
 one call (`assess`), and each decision is applied: accept, retry re-tuned, compress memory, hand
-the task back for migration, or give up. Every round is bounded by the policy's attempt cap.
+the task back for migration, or give up. A monitor that does not answer in time
+(`MonitorUnavailable`) is not waited for again in the batch: the Host scores and decides alone
+with the same pure functions, without peers, each task's attempts taken from its carry. Every round is bounded by the policy's attempt cap.
 Results leave the Host only after the agent's new state is a committed checkpoint.
 
 No Ray here: the Ray actor in `pool/actors.py` wraps this class, so tests drive it directly.
@@ -20,18 +22,25 @@ from agents import codec
 from agents.config import Settings
 from agents.engines.base import Engine, GenRequest, GenResult
 from agents.engines.gpumem import nvml_reading
-from agents.errors import EngineFault, FaultClass, GroundTruth, UsageError
+from agents.errors import EngineFault, FaultClass, GroundTruth, SelfhealError, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
 from agents.state import RESIDENT, AgentState, Event, next_state
 from pool.checkpoint import CheckpointStore
 from pool.voting import vote, votes_for
-from recovery.policy import apply_retune
-from recovery.types import Action, Decision, HealthReport, Signals
+from recovery.health import score
+from recovery.policy import apply_retune, decide
+from recovery.types import Action, Decision, HealthReport, History, Signals
 
-# (agent_id, [(task_id, prompt, attempt, signals)]) -> [(report, decision)]
-Assess = Callable[[str, list[tuple[str, str, int, Signals]]], list[tuple[HealthReport, Decision]]]
+Verdict = tuple[HealthReport, Decision]
+# (agent_id, [(task_id, prompt, attempt, signals)]) -> [(report, decision)]; raises
+# MonitorUnavailable when the monitor does not answer in time
+Assess = Callable[[str, list[tuple[str, str, int, Signals]]], list[Verdict]]
 QUIET = frozenset({(AgentState.IDLE, AgentState.RUNNING), (AgentState.RUNNING, AgentState.IDLE)})
+
+
+class MonitorUnavailable(SelfhealError):
+    """The monitor did not answer in time (or is gone): the Host assesses its tasks itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,7 @@ class HostRuntime:
         self.agent: AgentRecord | None = None
         self.epoch = 0
         self._dirty = False  # the agent changed since its last committed checkpoint
+        self._monitor_down = False  # the monitor did not answer during this run
 
     # -- residency -------------------------------------------------------------------------
     def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
@@ -181,14 +191,11 @@ class HostRuntime:
         self._dirty = True
         runs = [_Run(t, c or self._first_carry(t)) for t, c in tasks]
         done: list[Outcome] = []
+        self._monitor_down = False
         while runs:
             for run in runs:
                 self._execute(run)
-            verdicts = self.assess(
-                agent.spec.agent_id,
-                [(r.task.task_id, r.task.prompt, r.carry.attempt, self._signals(r, headroom))
-                 for r in runs],
-            )
+            verdicts = self._assess(agent.spec.agent_id, runs, headroom)
             runs = self._recover(runs, verdicts, done)
         # The agent's KV now lives in the engine (its slot) and goes into the checkpoint when it
         # is parked; a KV copy committed earlier no longer matches the memory committed now.
@@ -246,6 +253,26 @@ class HostRuntime:
         run.carry = replace(c, tokens=c.tokens + tokens, vote_tokens=c.vote_tokens + voted,
                             truth=c.truth or (truth.value if truth is not GroundTruth.NONE else ""))
 
+    def _assess(self, agent_id: str, runs: list[_Run], headroom: float) -> list[Verdict]:
+        """The monitor's verdicts on a round; the Host's own when the monitor does not answer."""
+        signals = [self._signals(r, headroom) for r in runs]
+        if not self._monitor_down:
+            try:
+                return self.assess(agent_id, [(r.task.task_id, r.task.prompt, r.carry.attempt, s)
+                                              for r, s in zip(runs, signals, strict=True)])
+            except MonitorUnavailable as exc:  # not waited for again in this run
+                self._monitor_down = True
+                self.events.emit("host.monitor_unavailable", agent_id=agent_id, host=self.host_id,
+                                 tasks=len(runs), reason=str(exc)[:300])
+        return [self._assess_locally(r, s) for r, s in zip(runs, signals, strict=True)]
+
+    def _assess_locally(self, run: _Run, signals: Signals) -> Verdict:
+        """The monitor's pure functions without its memory: no peers, no supervision history;
+        the task's attempts and tiers come from its carry, so the attempt cap still holds."""
+        report = score(signals, self.settings.health)
+        history = History(attempts=run.carry.attempt, tiers_used=run.carry.tiers)
+        return report, decide(report, history, self.settings.recovery, self.clock())
+
     def _signals(self, run: _Run, headroom: float) -> Signals:
         t = run.task
         gen = run.gen
@@ -265,7 +292,7 @@ class HostRuntime:
         )
 
     def _recover(
-        self, runs: list[_Run], verdicts: list[tuple[HealthReport, Decision]], done: list[Outcome]
+        self, runs: list[_Run], verdicts: list[Verdict], done: list[Outcome]
     ) -> list[_Run]:
         again: list[_Run] = []
         delay = 0.0

@@ -265,3 +265,29 @@ def test_the_tasks_pattern_reaches_the_monitor(tmp_path: Path) -> None:
     outcomes = {o.task.task_id: o.result for o in host.run(shaped, headroom=0.5)}
     assert outcomes["ok"].status is TaskStatus.SUCCEEDED
     assert outcomes["bad"].status is TaskStatus.FAILED and "contract" in outcomes["bad"].error
+
+
+def test_a_monitor_that_does_not_answer_is_replaced_by_local_assessment(tmp_path: Path) -> None:
+    """A hung monitor (the Ray wrapper's wait timed out) never stops the Host: it scores and
+    decides itself, with each task's own attempt count, and says so once per run."""
+    from pool.host import MonitorUnavailable
+
+    host, _ = _host(tmp_path, "permanent")
+    calls: list[int] = []
+
+    def hung(agent_id: str, items: list) -> list:
+        calls.append(len(items))
+        raise MonitorUnavailable("no answer in 30.0 s")
+
+    host.assess = hung
+    outcomes = host.run(_tasks(3), headroom=0.5)
+    cap = host.settings.recovery.max_attempts
+    assert [(o.result.status, o.result.attempts) for o in outcomes] == [(TaskStatus.FAILED, cap)] * 3
+    assert host.agent.state is not AgentState.FAILED
+    assert calls == [3], "the monitor is not waited for again in the same run"
+    (event,) = [e for e in host.events.drain() if e["event"] == "host.monitor_unavailable"]
+    assert event["agent_id"] == "a1" and "30.0 s" in event["reason"]
+    healthy, _ = _host(tmp_path / "ok", "garbage")
+    healthy.assess = hung
+    healed = [o.result for o in healthy.run(_tasks(4), headroom=0.5) if o.result]
+    assert any(r.status is TaskStatus.SUCCEEDED and 1 in r.tiers for r in healed)  # tier 1 locally
