@@ -3,10 +3,12 @@
 A Host holds at most one agent (an `AgentRecord` plus its epoch). `run` executes a batch of the
 agent's tasks in rounds: every pending task is executed once, all outcomes go to the monitor in
 one call (`assess`), and each decision is applied: accept, retry re-tuned, compress memory, hand
-the task back for migration, or give up. A monitor that does not answer in time
-(`MonitorUnavailable`) is not waited for again in the batch: the Host scores and decides alone
-with the same pure functions, without peers, each task's attempts taken from its carry. Every round is bounded by the policy's attempt cap.
+the task back for migration, or give up. Every round is bounded by the policy's attempt cap.
 Results leave the Host only after the agent's new state is a committed checkpoint.
+
+A monitor that does not answer in time (`MonitorUnavailable`) is not waited for again in the
+batch: the Host scores and decides alone with the same pure functions, without peers, each
+task's attempts taken from its carry.
 
 No Ray here: the Ray actor in `pool/actors.py` wraps this class, so tests drive it directly.
 """
