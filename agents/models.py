@@ -21,6 +21,12 @@ from pydantic import (
 from agents.state import AgentState
 
 
+def _not_a_path_step(agent_id: str) -> str:
+    if agent_id in (".", ".."):  # the id names the agent's checkpoint folder
+        raise ValueError(f"agent id {agent_id!r} is not allowed")
+    return agent_id
+
+
 def _runs_on_re2(pattern: str) -> str:
     """The monitor checks answers with RE2 (linear time): a pattern it refuses is bad input."""
     from recovery.contract import pattern_problem  # RE2's rules live in one place
@@ -33,8 +39,13 @@ def _runs_on_re2(pattern: str) -> str:
 AgentId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$"),
+    AfterValidator(_not_a_path_step),
 ]
 MAX_PROMPT_CHARS = 16_000
+# The most bytes one task line (or the strings of one Parquet row) may hold; a longer one is
+# rejected before it is decoded. A prompt at its limit fits even fully \u-escaped (6 bytes a
+# character, 96 KB), which leaves most of the room for a schema, labels and the answer key.
+MAX_TASK_BYTES = 1 << 20
 
 
 class Frozen(BaseModel):

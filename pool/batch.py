@@ -30,7 +30,7 @@ from agents.errors import UsageError
 from agents.events import configure_logging
 from agents.models import AgentSpec, Task
 from pool.actors import MANAGER_NAME, MONITOR_NAME
-from pool.inputs import generated_agents, load_agents, load_tasks
+from pool.inputs import generated_agents, load_agents, read_tasks
 from pool.ledger import TaskLedger, write_jsonl
 from pool.manager import PoolManager
 from pool.slots import memory_plan
@@ -111,9 +111,10 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
     started = time.perf_counter()
     memory_plan(opts.settings)  # a model that is not a GGUF, a context over the budget: before Ray
     opts.out.mkdir(parents=True, exist_ok=True)
-    all_tasks, _ = load_tasks(opts.tasks)
-    specs = _specs(opts, all_tasks)
-    tasks, rejected = load_tasks(opts.tasks, agents={s.agent_id for s in specs})
+    loaded = read_tasks(opts.tasks)  # read once: the agents may come from it, then checked on it
+    specs = _specs(opts, loaded.tasks)
+    loaded = loaded.for_agents({s.agent_id for s in specs})
+    tasks, rejected = loaded.tasks, loaded.rejected
     ledger = TaskLedger(opts.out / "ledger.jsonl")
     ledger.append(rejected)
     todo = [t for t in tasks if t.task_id not in ledger]
