@@ -1,7 +1,9 @@
 """One pydantic config tree, loaded from YAML or TOML plus CLI overrides.
 
-Every field has a description and a bound; unknown keys are errors. `load_settings` turns any
-problem into a one-line `UsageError` that names the field.
+Every field has a description and a bound; unknown keys are errors. Every float is finite, and
+times and sizes have maxima, so a value that validates cannot break the run's arithmetic later
+(an infinite watchdog, a 1e308 backoff that overflows `sleep`, an integer too large for a float).
+`load_settings` turns any problem into a one-line `UsageError` that names the field.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agents.errors import UsageError
 
+DAY_S = 86_400.0  # the longest time any setting may name
+MAX_MIB = 1 << 24  # 16 TiB: the largest memory size any setting may name
+MAX_SEED = (1 << 32) - 1  # engines seed 32-bit generators
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class HealthWeights(Section):
@@ -88,11 +94,11 @@ class RecoveryConfig(Section):
     intensity: int = Field(
         5, ge=1, description="Restarts allowed within `period_s` before escalating a tier."
     )
-    period_s: float = Field(60.0, gt=0, description="Supervision window in seconds.")
-    backoff_base_s: float = Field(0.02, ge=0, description="First backoff delay.")
-    backoff_max_s: float = Field(2.0, ge=0, description="Longest backoff delay.")
+    period_s: float = Field(60.0, gt=0, le=DAY_S, description="Supervision window in seconds.")
+    backoff_base_s: float = Field(0.02, ge=0, le=DAY_S, description="First backoff delay.")
+    backoff_max_s: float = Field(2.0, ge=0, le=DAY_S, description="Longest backoff delay.")
     jitter: float = Field(0.5, ge=0, le=1, description="Relative jitter of the backoff.")
-    seed: int = Field(0, ge=0, description="Seed of the jitter.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the jitter.")
 
 
 class EngineKind(StrEnum):
@@ -128,7 +134,7 @@ class DeviceSim(Section):
         "empty: no reading, as on a machine without a GPU.",
     )
     used_from_s: float = Field(
-        0.0, ge=0, description="Seconds after the engine starts before `used_mib` is read "
+        0.0, ge=0, le=DAY_S, description="Seconds after the engine starts before `used_mib` is read "
         "(0 until then): memory pressure that arrives while agents are resident.",
     )
     used_from_steps: int = Field(
@@ -137,7 +143,7 @@ class DeviceSim(Section):
         "however slow the machine is.",
     )
     used_for_s: float = Field(
-        0.0, ge=0, description="Seconds the reading lasts once it arrived (then 0 again: "
+        0.0, ge=0, le=DAY_S, description="Seconds the reading lasts once it arrived (then 0 again: "
         "another tenant left); 0: for ever.",
     )
 
@@ -159,11 +165,11 @@ class EngineConfig(Section):
         "when the engine sees a GPU, 0 otherwise.",
     )
     prompt_cache_mib: int = Field(
-        0, ge=0, description="llama.cpp: host-RAM prompt cache across slots (llama-server's "
+        0, ge=0, le=MAX_MIB, description="llama.cpp: host-RAM prompt cache across slots (llama-server's "
         "--cache-ram); 0: off, each agent's KV lives in its own slot and checkpoint.",
     )
     compute_mib: float = Field(
-        64.0, ge=0, description="llama.cpp: reserve for the engine's compute buffers until the "
+        64.0, ge=0, le=MAX_MIB, description="llama.cpp: reserve for the engine's compute buffers until the "
         "engine reports its own (the plan before it starts, `selfheal plan`).",
     )
     memory_tokens: int = Field(
@@ -175,16 +181,16 @@ class EngineConfig(Section):
         "one is dropped (event `agent.kv_dropped`, counted in the summary).",
     )
     faults: FaultRates = Field(default_factory=FaultRates, description="Scripted engine faults.")
-    step_cost_s: float = Field(0.0, ge=0, description="Scripted engine: seconds per step.")
+    step_cost_s: float = Field(0.0, ge=0, le=DAY_S, description="Scripted engine: seconds per step.")
     device: DeviceSim = Field(default_factory=DeviceSim, description="Scripted engine: device.")
-    seed: int = Field(0, ge=0, description="Engine seed.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Engine seed.")
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="vLLM: share of memory to reserve; default from the budget."
     )
 
 
 class PoolConfig(Section):
-    budget_mib: int = Field(8192, ge=64, description="VRAM budget of one GPU in MiB.")
+    budget_mib: int = Field(8192, ge=64, le=MAX_MIB, description="VRAM budget of one GPU in MiB.")
     watermark: float = Field(0.85, gt=0, le=1, description="Share of the budget the ledger may use.")
     slots_per_gpu: int = Field(
         12, ge=1, le=256, description="Cap on residents (Hosts) per GPU; with llama.cpp the "
@@ -192,11 +198,11 @@ class PoolConfig(Section):
     )
     num_gpus: int = Field(1, ge=1, le=64, description="GPUs (logical without hardware).")
     engine_base_mib: int = Field(
-        600, ge=0, description="Engine footprint per GPU until the engine reports its own "
+        600, ge=0, le=MAX_MIB, description="Engine footprint per GPU until the engine reports its own "
         "(scripted, vLLM; llama.cpp counts from the model's metadata).",
     )
     agent_kv_mib: int = Field(
-        320, ge=0, description="Footprint of one resident agent (scripted, vLLM; llama.cpp "
+        320, ge=0, le=MAX_MIB, description="Footprint of one resident agent (scripted, vLLM; llama.cpp "
         "counts the tokens in the agent's KV slot).",
     )
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Durable checkpoint folder.")
@@ -207,7 +213,7 @@ class PoolConfig(Section):
         "waits for the attempts of the others in its call (fewer Ray calls and commits).",
     )
     watchdog_s: float = Field(
-        600.0, gt=0, description="A Host's batch running longer is a stall: its agent is fenced "
+        600.0, gt=0, le=DAY_S, description="A Host's batch running longer is a stall: its agent is fenced "
         "off by a new epoch and re-activated on another Host.",
     )
     monitor_timeout_s: float = Field(
@@ -220,10 +226,18 @@ class PoolConfig(Section):
         "many Hosts that died is failed alone, and its agent goes on.",
     )
     reconcile_s: float = Field(
-        30.0, ge=0, description="Seconds between reconciliations of the VRAM ledger with "
+        30.0, ge=0, le=DAY_S, description="Seconds between reconciliations of the VRAM ledger with "
         "pynvml's reading of each GPU; 0 turns them off.",
     )
-    namespace: str = Field("selfheal", description="Ray namespace of the named actors.")
+    namespace: str = Field(
+        "selfheal", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Prefix of the Ray namespaces "
+        "of the pools: each run's pool (manager, monitor, Hosts, engines) lives in "
+        "`<namespace>-<run id>`, so runs sharing a cluster never touch each other's actors.",
+    )
+    orphan_timeout_s: float = Field(
+        300.0, gt=0, le=86_400, description="A pool that no driver has drained for this long "
+        "(its driver was killed) shuts itself down and gives the cluster its GPU shares back.",
+    )
 
 
 class Settings(Section):

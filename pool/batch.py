@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,14 @@ from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.inputs import generated_agents, load_agents, read_tasks
 from pool.ledger import TaskLedger, write_jsonl
 from pool.manager import PoolManager
+from pool.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
 from pool.slots import memory_plan
 from pool.summary import summarise
 from recovery.grade import grade
 
 POLL_S = 0.25
 DRAIN_TIMEOUT_S = 60
+START_NOTICE_S = 15  # the pool's Hosts not up by then: they wait for GPU shares
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class RunOptions:
     agents_file: Path | None = None
     address: str | None = None
     progress: bool = True
+    keep_pool: bool = False  # leave the run's pool up when it ends (`selfheal stop` ends it)
 
 
 def connect(settings: Settings, address: str | None) -> None:
@@ -107,10 +110,20 @@ def _specs(opts: RunOptions, tasks: list[Task]) -> list[AgentSpec]:
 
 
 def run_batch(opts: RunOptions) -> dict[str, Any]:
+    """Run the batch in a pool of its own (namespace `<pool.namespace>-<run id>`), holding the
+    `--out` lock throughout."""
     configure_logging()
     started = time.perf_counter()
     memory_plan(opts.settings)  # a model that is not a GGUF, a context over the budget: before Ray
-    opts.out.mkdir(parents=True, exist_ok=True)
+    opts = replace(opts, settings=for_run(opts.settings, new_run_id()))
+    lock = OutLock.acquire(opts.out, opts.settings.pool.namespace)
+    try:
+        return _run_locked(opts, lock, started)
+    finally:
+        lock.release()
+
+
+def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, Any]:
     loaded = read_tasks(opts.tasks)  # read once: the agents may come from it, then checked on it
     specs = _specs(opts, loaded.tasks)
     loaded = loaded.for_agents({s.agent_id for s in specs})
@@ -122,9 +135,9 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
     console = Console(stderr=True)
     console.print(f"[bold]selfheal[/] {len(tasks) + len(rejected)} tasks "
                   f"({len(todo)} to run, {len(ledger)} already committed), {len(specs)} agents, "
-                  f"engine {opts.settings.engine.kind.value}")
+                  f"engine {opts.settings.engine.kind.value}, pool {opts.settings.pool.namespace}")
     if todo:
-        _drive(opts, specs, todo, ledger, store_root, console)
+        _drive(opts, specs, todo, ledger, store_root, console, lock)
     rows = graded(ledger.rows(), tasks)
     ledger.close()
     events = _read_events(opts.out / "events.jsonl")
@@ -141,10 +154,30 @@ def _store_root(opts: RunOptions) -> Path:
 
 
 def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: TaskLedger,
-           store_root: Path, console: Console) -> None:
+           store_root: Path, console: Console, lock: OutLock) -> None:
     connect(opts.settings, opts.address)
+    ns = opts.settings.pool.namespace
+    if lock.stale is not None and shutdown_pool(lock.stale.namespace):  # a killed driver's pool
+        console.print(f"took over {opts.out} from a dead driver ({lock.stale.line()}) and shut "
+                      f"its pool down")
     manager = fresh_manager(opts.settings, store_root)
-    boot = _feed(manager, specs, todo)
+    try:
+        _wait_for_results(opts, specs, todo, ledger, console, manager)
+    finally:
+        if opts.keep_pool:
+            with contextlib.suppress(RayActorError):
+                ray.get(manager.keep.remote(), timeout=DRAIN_TIMEOUT_S)
+            run_id = split_namespace(ns)[1]
+            console.print(f"pool kept: `selfheal status --run {run_id}`; "
+                          f"`selfheal stop --run {run_id}` ends it")
+        else:
+            shutdown_pool(ns)
+
+
+def _wait_for_results(opts: RunOptions, specs: list[AgentSpec], todo: list[Task],
+                      ledger: TaskLedger, console: Console, manager: Any) -> None:
+    ns = opts.settings.pool.namespace
+    boot = _feed(manager, specs, todo, console, ns)
     waiting = {t.task_id for t in todo}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=not opts.progress) as bar:
@@ -175,7 +208,8 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
             if got["boot"] != boot and waiting:  # the manager restarted empty: feed it again
                 write_jsonl(opts.out / "events.jsonl", [{"event": "driver.manager_restarted",
                                                          "resubmitted": len(waiting)}])
-                boot = _feed(manager, specs, [t for t in todo if t.task_id in waiting])
+                boot = _feed(manager, specs, [t for t in todo if t.task_id in waiting], console,
+                             ns)
     got = _drain(manager)
     write_jsonl(opts.out / "events.jsonl", got["events"] if got else [])
     if opts.settings.engine.kind is not EngineKind.SCRIPTED:  # the shared engines' figures
@@ -192,18 +226,31 @@ def _describe(pressed: list[dict[str, Any]], paused: bool) -> str:
     return f"tasks (over memory limit: {over})" if over else "tasks"
 
 
-def _feed(manager: Any, specs: list[AgentSpec], tasks: list[Task]) -> str | None:
+def _feed(manager: Any, specs: list[AgentSpec], tasks: list[Task], console: Console,
+          namespace: str) -> str | None:
     """Start the manager, register the agents and submit the tasks; its boot id, or None when it
     died on the way (the next drain then sees a new boot id and feeds it again)."""
     try:
         boot: str = ray.get(manager.drain.remote(), timeout=DRAIN_TIMEOUT_S)["boot"]
-        ray.get(manager.start.remote())
+        _started(manager, console, namespace)
         for i in range(0, len(specs), 5000):
             ray.get(manager.register.remote(specs[i : i + 5000]))
         ray.get(manager.submit.remote([(t, None) for t in tasks]))
     except (RayActorError, GetTimeoutError):
         return None
     return boot
+
+
+def _started(manager: Any, console: Console, namespace: str) -> None:
+    """Wait for the pool's Hosts; say so when they wait for GPU shares another run holds."""
+    ref = manager.start.remote()
+    ready, _ = ray.wait([ref], timeout=START_NOTICE_S)
+    if not ready:
+        prefix, mine = split_namespace(namespace)
+        others = [r["run"] for r in live_runs(prefix) if r["run"] != mine]
+        console.print(f"waiting for the cluster's GPU shares (live runs: {', '.join(others) or '-'}"
+                      "); the pool starts when they are free")
+    ray.get(ref)
 
 
 def _drain(manager: Any) -> dict[str, Any] | None:

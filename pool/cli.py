@@ -71,8 +71,11 @@ def main() -> None:
 @click.option("--address", help="Ray cluster to join ('auto' = the one `ray start` started); "
               "default: $RAY_ADDRESS, else a private local Ray.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--keep-pool", is_flag=True, help="Leave the run's pool (manager, monitor, Hosts, "
+              "engines) up when the run ends, for `selfheal status`; `selfheal stop` ends it. By "
+              "default a run gives the cluster its GPU shares back when it ends.")
 def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, config: Path | None,
-        address: str | None, no_progress: bool, **flags: Any) -> None:
+        address: str | None, no_progress: bool, keep_pool: bool, **flags: Any) -> None:
     from agents.config import load_settings
     from pool.batch import RunOptions, run_batch
 
@@ -82,7 +85,8 @@ def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, co
         chosen = agents_file or (default_agents if agents is None and default_agents.exists()
                                  and tasks.name == "tasks.jsonl" else None)
         run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=agents,
-                             agents_file=chosen, address=address, progress=not no_progress))
+                             agents_file=chosen, address=address, progress=not no_progress,
+                             keep_pool=keep_pool))
 
     _guard(go)
 
@@ -137,7 +141,9 @@ def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, water
 _ADDRESS = click.option("--address", envvar="RAY_ADDRESS",
                         help="Ray cluster address (default: $RAY_ADDRESS, else the running one).")
 _NAMESPACE = click.option("--namespace", default="selfheal", show_default=True,
-                          help="Ray namespace of the pool's named actors.")
+                          help="Prefix of the pools' Ray namespaces (config pool.namespace).")
+_RUN = click.option("--run", help="The run whose pool to use (`selfheal runs` lists them); "
+                                  "default: the only live run.")
 
 
 def _print(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:
@@ -155,14 +161,16 @@ def _print(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:
                    "ledger and the queue of the running pool.")
 @_ADDRESS
 @_NAMESPACE
+@_RUN
 @_JSON
 @click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS",
               help="Refresh every SECONDS until Ctrl-C.")
-def status(address: str | None, namespace: str, as_json: bool, watch: float | None) -> None:
+def status(address: str | None, namespace: str, run: str | None, as_json: bool,
+           watch: float | None) -> None:
     from pool import ops
 
     def go() -> None:
-        manager, monitor = ops.attach(address, namespace)
+        manager, monitor = ops.attach(address, namespace, run)
         if not watch:
             _print(ops.snapshot(manager, monitor), ops.status_view, as_json)
             return
@@ -178,17 +186,61 @@ def status(address: str | None, namespace: str, as_json: bool, watch: float | No
     _guard(go)
 
 
-@main.command(help="FAILED agents and dead-lettered tasks, with their reasons.")
+@main.command(help="The runs whose pools are live on the cluster (each run has its own).")
 @_ADDRESS
 @_NAMESPACE
 @_JSON
-def failed(address: str | None, namespace: str, as_json: bool) -> None:
+def runs(address: str | None, namespace: str, as_json: bool) -> None:
+    from pool import ops
+    from pool.runs import live_runs
+
+    def go() -> None:
+        ops.connect(address)
+        found = live_runs(namespace)
+        if as_json:
+            _print(found, str, as_json)
+            return
+        for r in found:
+            click.echo(f"{r['run']}  (namespace {r['namespace']})")
+        if not found:
+            click.echo("no live runs")
+
+    _guard(go)
+
+
+@main.command(help="End a run's pool (one kept with `selfheal run --keep-pool`, or a killed "
+                   "driver's): its manager, monitor, Hosts and engines exit and the cluster's "
+                   "GPU shares are free again. Committed results and checkpoints stay.")
+@_ADDRESS
+@_NAMESPACE
+@_RUN
+def stop(address: str | None, namespace: str, run: str | None) -> None:
+    from pool import ops
+    from pool.runs import shutdown_pool
+
+    def go() -> None:
+        ops.connect(address)
+        ns = ops.pick_run(namespace, run)
+        killed = shutdown_pool(ns)
+        if not killed:
+            raise UsageError(f"no pool is running in namespace {ns}")
+        click.echo(f"stopped {ns} ({killed} actors)")
+
+    _guard(go)
+
+
+@main.command(help="FAILED agents and dead-lettered tasks, with their reasons.")
+@_ADDRESS
+@_NAMESPACE
+@_RUN
+@_JSON
+def failed(address: str | None, namespace: str, run: str | None, as_json: bool) -> None:
     import ray
 
     from pool import ops
 
     def go() -> None:
-        manager, _ = ops.attach(address, namespace)
+        manager, _ = ops.attach(address, namespace, run)
         _print(ray.get(manager.failed.remote(), timeout=30), ops.failed_view, as_json)
 
     _guard(go)
@@ -200,7 +252,9 @@ def failed(address: str | None, namespace: str, as_json: bool) -> None:
 @click.option("--all", "every", is_flag=True, help="Release every FAILED agent.")
 @_ADDRESS
 @_NAMESPACE
-def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespace: str) -> None:
+@_RUN
+def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespace: str,
+          run: str | None) -> None:
     import ray
 
     from pool import ops
@@ -208,7 +262,7 @@ def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespac
     def go() -> None:
         if bool(agent_ids) == every:
             raise UsageError("give AGENT_ID... or --all (not both)")
-        manager, _ = ops.attach(address, namespace)
+        manager, _ = ops.attach(address, namespace, run)
         ids = list(agent_ids) or [a["agent_id"] for a in ray.get(manager.failed.remote())["agents"]]
         done = ray.get([manager.release.remote(a) for a in ids], timeout=60)
         for agent_id, ok in zip(ids, done, strict=True):
@@ -226,13 +280,14 @@ def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespac
               help="Seconds to wait for running batches to end first.")
 @_ADDRESS
 @_NAMESPACE
-def pause(timeout_s: float, address: str | None, namespace: str) -> None:
+@_RUN
+def pause(timeout_s: float, address: str | None, namespace: str, run: str | None) -> None:
     import ray
 
     from pool import ops
 
     def go() -> None:
-        manager, _ = ops.attach(address, namespace)
+        manager, _ = ops.attach(address, namespace, run)
         got = ray.get(manager.pause.remote(timeout_s), timeout=timeout_s + 120)
         for g in got["gpus"]:
             how = "engine asleep" if g["mode"] == "slept" else f"{g['parked']} agents parked"
@@ -246,13 +301,14 @@ def pause(timeout_s: float, address: str | None, namespace: str) -> None:
                    "queued tasks run.")
 @_ADDRESS
 @_NAMESPACE
-def resume(address: str | None, namespace: str) -> None:
+@_RUN
+def resume(address: str | None, namespace: str, run: str | None) -> None:
     import ray
 
     from pool import ops
 
     def go() -> None:
-        manager, _ = ops.attach(address, namespace)
+        manager, _ = ops.attach(address, namespace, run)
         got = ray.get(manager.resume.remote(), timeout=120)
         click.echo(f"resumed; engines woken on gpus {got['woken']}" if got["woken"] else "resumed")
 
@@ -263,14 +319,16 @@ def resume(address: str | None, namespace: str) -> None:
 @click.argument("agent_id")
 @_ADDRESS
 @_NAMESPACE
+@_RUN
 @_JSON
-def inspect(agent_id: str, address: str | None, namespace: str, as_json: bool) -> None:
+def inspect(agent_id: str, address: str | None, namespace: str, run: str | None,
+            as_json: bool) -> None:
     import ray
 
     from pool import ops
 
     def go() -> None:
-        manager, _ = ops.attach(address, namespace)
+        manager, _ = ops.attach(address, namespace, run)
         info = ray.get(manager.inspect.remote(agent_id), timeout=30)
         if info is None:
             raise UsageError(f"unknown agent {agent_id}")

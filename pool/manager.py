@@ -88,6 +88,8 @@ class PoolManager(VramControl, Queries):
         self._background: list[asyncio.Task[None]] = []  # held: the loop keeps weak references
         self._peak: dict[int, tuple[int, float]] = {}
         self.boot = uuid.uuid4().hex  # a restarted manager starts empty: the driver feeds it again
+        self.drained = time.monotonic()  # the driver's last drain: a pool nobody drains is reaped
+        self.kept = False  # `--keep-pool`: the run ended and a person may inspect the pool
 
     # -- setup ----------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -103,7 +105,8 @@ class PoolManager(VramControl, Queries):
             self._loop = loop.create_task(self._run_loop())
             self._background = [loop.create_task(self._learn_base()),
                                 loop.create_task(self._reconcile_loop()),
-                                loop.create_task(self._gauge_loop())]
+                                loop.create_task(self._gauge_loop()),
+                                loop.create_task(self._reap_loop())]
         return {"hosts": len(self.slots), "gpus": self.ledger.num_gpus}
 
     async def register(self, specs: list[AgentSpec]) -> int:
@@ -518,8 +521,27 @@ class PoolManager(VramControl, Queries):
             await asyncio.sleep(GAUGE_INTERVAL_S)
             self._gauges()
 
+    async def _reap_loop(self) -> None:
+        """A pool whose driver is gone (killed with SIGKILL, its node lost) and that no person
+        kept gives the cluster back after `orphan_timeout_s`: monitor, engines, Hosts, itself."""
+        timeout = self.cfg.orphan_timeout_s
+        while True:
+            await asyncio.sleep(min(5.0, timeout / 4))
+            idle = time.monotonic() - self.drained
+            if not self.kept and idle > timeout:
+                self.events.emit("pool.reaped", namespace=self.cfg.namespace, idle_s=round(idle, 1))
+                from pool.runs import shutdown_pool
+
+                shutdown_pool(self.cfg.namespace)  # kills this actor last
+                return
+
     # -- for the driver and the CLI --------------------------------------------------------
+    def keep(self) -> None:
+        """The run ended with `--keep-pool`: never reap this pool (`selfheal stop` ends it)."""
+        self.kept = True
+
     async def drain(self) -> dict[str, Any]:
+        self.drained = time.monotonic()
         results, self.results = self.results, []
         self.metrics.tasks(r.status.value for r in results)
         self.metrics.pool(self.registry.counts(), self._queued())

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from agents.errors import UsageError
 from pool.actors import MANAGER_NAME, MONITOR_NAME
+from pool.runs import live_runs, run_namespace
 
 TRAIL_EVENTS = frozenset({
     "agent.state_changed", "agent.activated", "agent.memory_compressed", "agent.failed",
@@ -47,24 +48,47 @@ class AgentTrail:
 
 
 # -- joining the cluster --------------------------------------------------------------------
-def attach(address: str | None, namespace: str) -> tuple[Any, Any]:
-    """Handles of the PoolManager and HealthMonitor of a running pool; UsageError otherwise."""
-    if not ray.is_initialized():
-        target = _reachable(address or _current_cluster())
-        try:
-            ray.init(address=target, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
-        except ConnectionError:
-            raise UsageError(f"no Ray cluster is running at {target}") from None
+def connect(address: str | None) -> None:
+    """Join a running cluster (never start one): `address`, 'auto' or none for the one
+    `ray start` started on this machine."""
+    if ray.is_initialized():
+        return
+    target = _reachable(_current_cluster() if address in (None, "", "auto") else str(address))
+    try:
+        ray.init(address=target, log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError:
+        raise UsageError(f"no Ray cluster is running at {target}") from None
+
+
+def attach(address: str | None, prefix: str, run: str | None = None) -> tuple[Any, Any]:
+    """Handles of the PoolManager and HealthMonitor of a run's pool (`run`, or the only live
+    run); UsageError otherwise."""
+    connect(address)
+    namespace = pick_run(prefix, run)
     try:
         manager = ray.get_actor(MANAGER_NAME, namespace=namespace)
     except ValueError:
-        raise UsageError(f"no selfheal pool is running on this Ray cluster (namespace "
-                         f"{namespace!r}); start one with `selfheal run`") from None
+        raise UsageError(f"no selfheal pool of run {run} is running on this Ray cluster; "
+                         f"`selfheal runs` lists the live ones") from None
     try:
         monitor = ray.get_actor(MONITOR_NAME, namespace=namespace)
     except ValueError:
         monitor = None
     return manager, monitor
+
+
+def pick_run(prefix: str, run: str | None) -> str:
+    """The namespace of run `run`, else of the only live run."""
+    if run:
+        return run_namespace(prefix, run)
+    runs = live_runs(prefix)
+    if not runs:
+        raise UsageError(f"no selfheal pool is running on this Ray cluster (namespace prefix "
+                         f"{prefix!r}); start one with `selfheal run`")
+    if len(runs) > 1:
+        raise UsageError(f"{len(runs)} runs are live on this cluster "
+                         f"({', '.join(r['run'] for r in runs)}): pick one with --run")
+    return str(runs[0]["namespace"])
 
 
 def _current_cluster() -> str:

@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from agents.errors import UsageError
+from pool.runs import OutLock
 from pool.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = pytest.mark.integration
@@ -102,6 +105,8 @@ def test_driver_killed_halfway_then_rerun_loses_and_duplicates_nothing(
     while time.monotonic() < stop and (not ledger.exists() or _lines(ledger) < n // 4):
         assert driver.poll() is None, "the driver ended before it could be killed"
         time.sleep(0.05)
+    with pytest.raises(UsageError, match=f"in use by a live driver: pid {driver.pid}"):
+        OutLock.acquire(out, "selfheal-second")  # another driver's view (exit 2: test_runs.py)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     committed = _lines(ledger)
@@ -109,12 +114,43 @@ def test_driver_killed_halfway_then_rerun_loses_and_duplicates_nothing(
 
     rerun = subprocess.run(cmd, env=head, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{n - committed} to run" in rerun.stderr.replace("\n", " ")
+    text = rerun.stderr.replace("\n", " ")
+    assert f"{n - committed} to run" in text
+    assert "took over" in text and "from a dead driver" in text  # and shut the orphan pool down
     rows = pq.read_table(out / "results.parquet").to_pylist()
     ids = [r["task_id"] for r in rows]
     assert len(ids) == len(set(ids)) == n, "no task lost, none duplicated"
     records = [json.loads(line)["task_id"] for line in ledger.read_text().splitlines()]
     assert len(records) == len(set(records)) == n
+    assert _free_gpu(head) == 1.0  # neither the killed driver's pool nor the rerun's holds it
+
+
+def test_two_jobs_at_once_both_finish_and_give_the_gpu_back(head: dict[str, str], tmp_path: Path) -> None:
+    jobs = []
+    for k in (1, 2):
+        tasks = write_tasks(tmp_path / f"tasks{k}.jsonl", synthetic_tasks(40, agents=8, seed=k))
+        jobs.append(["scripts/run_batch.py", "--engine", "scripted", "--tasks", str(tasks),
+                     "--agents", "8", "--out", str(tmp_path / f"out{k}"), "--no-progress"])
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda args: _submit(head, args, deadline_s=420), jobs))
+    for d in done:
+        said = [line for line in (d.stdout + d.stderr).splitlines() if "packaging.py" not in line]
+        assert d.returncode == 0, "\n".join(said)[-4000:]
+    for k in (1, 2):
+        rows = pq.read_table(tmp_path / f"out{k}" / "results.parquet").to_pylist()
+        assert len(rows) == 40 and {r["status"] for r in rows} <= {"succeeded", "failed"}
+    assert _free_gpu(head) == 1.0
+
+
+def _free_gpu(env: dict[str, str], deadline_s: float = 60) -> float:
+    """The head's free GPU, once it is back to 1 (actors exit with a short lag) or at the deadline."""
+    code = (f"import ray, time\nray.init(log_to_driver=False)\nend = time.monotonic() + {deadline_s}\n"
+            "while ray.available_resources().get('GPU', 0) < 1 and time.monotonic() < end:\n"
+            "    time.sleep(0.5)\nprint(ray.available_resources().get('GPU', 0))\n")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=deadline_s + 60)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return float(got.stdout.strip().splitlines()[-1])
 
 
 def _lines(path: Path) -> int:

@@ -48,7 +48,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "recovery": {"intensity": 1},
     })
     summary = run_batch(RunOptions(tasks=tasks, out=tmp / "out", settings=settings,
-                                   agents=AGENTS, progress=False))
+                                   agents=AGENTS, progress=False, keep_pool=True))
     yield {"summary": summary, "out": tmp / "out", "gcs": ctx.address_info["gcs_address"]}
     ray.shutdown()
 
@@ -115,7 +115,8 @@ def test_dashboard_names_hosts_and_run_tasks(pool: dict) -> None:
     hosts = sorted(n for n in names if n.startswith("host-"))
     assert len(hosts) == SLOTS
     assert all(re.fullmatch(r"host-[0-9a-f]{8}-0-\d+", h) for h in hosts), hosts
-    assert all(a.ray_namespace == "selfheal" for a in actors if a.name in names)
+    assert all(a.ray_namespace.startswith("selfheal-") for a in actors if a.name in names)
+    assert len({a.ray_namespace for a in actors if a.name in names}) == 1  # the run's own
     ids = {f"agent-{i:06d}.run" for i in range(AGENTS)}
     named = {t.name for t in list_tasks(address=pool["gcs"], limit=10_000) if t.name.endswith(".run")}
     assert named and named <= ids, named - ids  # the dashboard shows who ran: `<agent_id>.run`
@@ -184,3 +185,21 @@ def test_pause_parks_when_the_engine_cannot_sleep_and_resume_takes_the_gpu_again
     assert "parked" in _cli("status")
     assert "resumed" in _cli("resume")
     assert json.loads(_cli("status", "--json"))["ledger"][0]["paused"] is None
+
+
+def test_runs_lists_the_kept_pool_and_stop_gives_the_cluster_back(pool: dict) -> None:
+    """Last in this module: it ends the pool the other tests look at."""
+    import ray
+
+    from pool.checks import check_resources
+
+    runs = json.loads(_cli("runs", "--json"))
+    assert len(runs) == 1 and runs[0]["namespace"] == f"selfheal-{runs[0]['run']}"
+    assert _cli("status", "--run", runs[0]["run"], "--json")
+    assert CliRunner().invoke(main, ["status", "--run", "nosuchrun"]).exit_code == 2
+    held = ray.available_resources().get("GPU", 0)
+    assert held < 0.01, "the kept pool holds the GPU shares"
+    assert "stopped" in _cli("stop")
+    check = check_resources()
+    assert check.ok, check.line()
+    assert json.loads(_cli("runs", "--json")) == []
