@@ -17,7 +17,7 @@ import pytest
 import ray
 from chaos_harness import NAMESPACE
 
-from agents.models import MAX_PROMPT_CHARS
+from agents.models import MAX_PROMPT_CHARS, MAX_TASK_BYTES
 from pool.checks import run_checks
 from pool.synthetic import synthetic_tasks, write_tasks
 
@@ -34,6 +34,13 @@ BAD_LINES: list[tuple[bytes, str]] = [
      "at most"),
     (b'{"task_id": "b-utf8", "agent_id": "agent-000001", "prompt": "\xff\xfe"}', "invalid UTF-8"),
     (json.dumps({**OK, "task_id": "b-extra", "colour": "red"}).encode(), "colour: Extra inputs"),
+    (b"[" * 100_000, "nested deeper than 64 levels"),
+    (rb'{"task_id": "\ud800", "agent_id": "agent-000001", "prompt": "hi", "colour": 1}',
+     "lone surrogate"),
+    (json.dumps({**OK, "task_id": "b-dot", "agent_id": ".."}).encode(), "agent id '..' is not allowed"),
+    (json.dumps({**OK, "task_id": "b-schema", "kind": "json", "schema": {"type": "nope"}}).encode(),
+     "schema"),
+    (b'{"prompt": "' + b"x" * MAX_TASK_BYTES + b'"}', f"over {MAX_TASK_BYTES} bytes"),
 ]
 
 BAD_CONFIGS: list[tuple[str, str]] = [
@@ -43,6 +50,8 @@ BAD_CONFIGS: list[tuple[str, str]] = [
     ("pool: [unclosed\n", "not valid yaml"),
     ("pool:\n  budget_mib: -1\n", "pool.budget_mib"),
     ("recovery:\n  mode: sometimes\n", "recovery.mode"),
+    ("pool:\n  watchdog_s: .inf\n", "pool.watchdog_s: Input should be a finite number"),
+    ("recovery:\n  backoff_max_s: 1e308\n", "recovery.backoff_max_s: Input should be less than"),
 ]
 
 

@@ -47,6 +47,59 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path: Path, text: str, need
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("pool:\n  watchdog_s: .inf\n", "pool.watchdog_s: Input should be a finite number"),
+        ("pool:\n  watchdog_s: 1e12\n", "pool.watchdog_s: Input should be less than or equal"),
+        ("pool:\n  reconcile_s: 1e308\n", "pool.reconcile_s"),
+        ("pool:\n  budget_mib: " + "9" * 400 + "\n", "pool.budget_mib"),
+        ("pool:\n  agent_kv_mib: " + "9" * 30 + "\n", "pool.agent_kv_mib"),
+        ("recovery:\n  backoff_max_s: 1e308\n", "recovery.backoff_max_s"),
+        ("recovery:\n  backoff_base_s: .inf\n", "recovery.backoff_base_s"),
+        ("recovery:\n  period_s: 1e308\n", "recovery.period_s"),
+        ("recovery:\n  seed: " + "9" * 30 + "\n", "recovery.seed"),
+        ("engine:\n  step_cost_s: .inf\n", "engine.step_cost_s"),
+        ("engine:\n  compute_mib: 1e308\n", "engine.compute_mib"),
+        ("engine:\n  prompt_cache_mib: " + "9" * 30 + "\n", "engine.prompt_cache_mib"),
+        ("engine:\n  seed: " + "9" * 30 + "\n", "engine.seed"),
+        ("engine:\n  device:\n    used_for_s: .inf\n", "engine.device.used_for_s"),
+    ],
+)
+def test_values_that_would_break_the_run_are_refused_at_load(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_settings(path)
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_selfheal_run_refuses_an_infinite_watchdog_with_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from pool import batch
+    from pool.cli import main
+
+    monkeypatch.setattr(batch, "run_batch", lambda opts: pytest.fail("the run started"))
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("pool:\n  watchdog_s: .inf\n")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"task_id": "t1", "agent_id": "a", "prompt": "hi"}\n')
+    out = tmp_path / "out"
+    got = CliRunner().invoke(main, ["run", "--engine", "scripted", "--tasks", str(tasks),
+                                    "--config", str(config), "--out", str(out),
+                                    "--address", "127.0.0.1:1"])
+    assert got.exit_code == 2, got.output
+    assert got.stderr.splitlines() == [f"error: config {config}: pool.watchdog_s: Input should be "
+                                       "a finite number"]
+    assert not out.exists()
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="No such file"):
         load_settings(tmp_path / "nope.yaml")
