@@ -125,6 +125,27 @@ def test_driver_killed_halfway_then_rerun_loses_and_duplicates_nothing(
     assert _free_gpu(head) == 1.0  # neither the killed driver's pool nor the rerun's holds it
 
 
+def test_a_killed_drivers_pool_reaps_itself_after_the_orphan_timeout(
+    head: dict[str, str], tmp_path: Path
+) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(400, agents=50, seed=3))
+    config = tmp_path / "orphan.yaml"
+    config.write_text("engine:\n  step_cost_s: 0.02\npool:\n  orphan_timeout_s: 5\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "scripts/run_batch.py"), "--engine", "scripted", "--tasks", str(tasks),
+           "--agents", "50", "--config", str(config), "--out", str(out), "--no-progress"]
+    driver = subprocess.Popen(cmd, env=head, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = out / "ledger.jsonl"
+    stop = time.monotonic() + 180
+    while time.monotonic() < stop and (not ledger.exists() or _lines(ledger) < 20):
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert _lines(ledger) < 400
+    assert _free_gpu(head, deadline_s=120) == 1.0  # nobody drains it: the pool reaped itself
+
+
 def test_two_jobs_at_once_both_finish_and_give_the_gpu_back(head: dict[str, str], tmp_path: Path) -> None:
     jobs = []
     for k in (1, 2):
