@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from agents.config import Settings
 from agents.engines.factory import make_engine
@@ -44,7 +44,8 @@ class HostActor:
         self, agent_id: str, items: list[tuple[str, str, int, Signals]]
     ) -> list[tuple[HealthReport, Decision]]:
         """The monitor's verdicts, waited for `pool.monitor_timeout_s` at most: a hung or lost
-        monitor is `MonitorUnavailable`, which the runtime answers by assessing alone."""
+        monitor is `MonitorUnavailable`, which the runtime answers by assessing alone (as it
+        answers any other error the monitor raises, for that round)."""
         ref: Any = self.monitor.assess.remote(agent_id, items)
         try:
             return ray.get(ref, timeout=self.monitor_timeout_s)  # type: ignore[no-any-return,unused-ignore]
@@ -54,6 +55,8 @@ class HostActor:
             why = (f"no answer in {self.monitor_timeout_s} s" if isinstance(exc, GetTimeoutError)
                    else f"monitor lost: {type(exc).__name__}")
             raise MonitorUnavailable(why) from None
+        except RayTaskError as exc:  # the monitor raised: its own error, for the task's reason
+            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
 
     def info(self) -> dict[str, Any]:
         return {"gpu": str(self.gpu), "node": self.node, "pid": os.getpid(),
@@ -93,7 +96,7 @@ class HostActor:
 class MonitorActor:
     def __init__(self, settings: Settings) -> None:
         self.m = Monitor(settings.health, settings.recovery)
-        self.metrics = MonitorMetrics()
+        self.metrics = MonitorMetrics(settings.pool.namespace)
 
     def assess(
         self, agent_id: str, items: list[tuple[str, str, int, Signals]]

@@ -10,7 +10,12 @@ A monitor that does not answer in time (`MonitorUnavailable`) is not waited for 
 batch: the Host scores and decides alone with the same pure functions, without peers, each
 task's attempts taken from its carry.
 
-No Ray here: the Ray actor in `pool/actors.py` wraps this class, so tests drive it directly.
+Whatever one task raises besides `EngineFault` (a schema that cannot be checked, a grammar the
+engine refuses, MemoryError, a backoff that cannot be slept) fails that task alone, with a
+one-line reason and a `host.task_error` event; the agent and its other tasks go on.
+
+Binding, parking and the engine's device are the `pool.residency.Residency` half. No Ray here:
+the Ray actor in `pool/actors.py` wraps this class, so tests drive it directly.
 """
 
 from __future__ import annotations
@@ -18,18 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
-from agents import codec
 from agents.config import Settings
 from agents.engines.base import Engine, GenRequest, GenResult
-from agents.engines.gpumem import nvml_reading
 from agents.errors import EngineFault, FaultClass, GroundTruth, SelfhealError, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
-from agents.state import RESIDENT, AgentState, Event, next_state
+from agents.state import AgentState, Event
 from pool.checkpoint import CheckpointStore
+from pool.residency import Residency
 from pool.voting import vote, votes_for
+from recovery.contract import schema_problem
 from recovery.health import score
 from recovery.policy import apply_retune, decide
 from recovery.types import Action, Decision, HealthReport, History, Signals
@@ -38,7 +42,12 @@ Verdict = tuple[HealthReport, Decision]
 # (agent_id, [(task_id, prompt, attempt, signals)]) -> [(report, decision)]; raises
 # MonitorUnavailable when the monitor does not answer in time
 Assess = Callable[[str, list[tuple[str, str, int, Signals]]], list[Verdict]]
-QUIET = frozenset({(AgentState.IDLE, AgentState.RUNNING), (AgentState.RUNNING, AgentState.IDLE)})
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of its message` (300 characters at most): a failed task's error."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}"[:300] if lines else type(exc).__name__
 
 
 class MonitorUnavailable(SelfhealError):
@@ -80,7 +89,7 @@ class _Run:
     samples: tuple[str, ...] = ()  # the step's other votes
 
 
-class HostRuntime:
+class HostRuntime(Residency):
     def __init__(
         self,
         host_id: str,
@@ -104,119 +113,57 @@ class HostRuntime:
         self._dirty = False  # the agent changed since its last committed checkpoint
         self._monitor_down = False  # the monitor did not answer during this run
 
-    # -- residency -------------------------------------------------------------------------
-    def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
-        """Make `agent_id` resident: from hot-tier bytes when given, else from disk."""
-        started = time.perf_counter()
-        if self.agent is not None:
-            raise UsageError(f"{self.host_id} already hosts {self.agent.spec.agent_id}")
-        record = codec.decode(blob) if blob is not None else self.store.read(agent_id)[0]
-        tier = "hot" if blob is not None else "disk"
-        if record.state is AgentState.FAILED:  # a person must release it first
-            return {"elapsed_s": time.perf_counter() - started, "kv_restored": False,
-                    "state": record.state.value, "tier": tier}
-        if record.state in RESIDENT:  # committed while resident on a Host that is gone
-            record = record.model_copy(update={"state": next_state(record.state, Event.HOST_LOST)})
-        kv = record.kv_state if self.settings.engine.kv_snapshot else None
-        kv_restored = self.engine.load_state(agent_id, kv)  # None: the slot starts empty
-        self.agent = record.model_copy(update={"state": next_state(record.state, Event.ACTIVATE)})
-        self.epoch = epoch
-        elapsed = time.perf_counter() - started
-        self.events.emit("agent.activated", agent_id=agent_id, host=self.host_id, epoch=epoch,
-                         tier=tier, kv_restored=kv_restored, elapsed_s=round(elapsed, 6))
-        return {"elapsed_s": elapsed, "kv_restored": kv_restored, "state": self.agent.state.value,
-                "tier": tier, "kv_tokens": self.kv_tokens()}
-
-    def park(self) -> bytes:
-        """Commit the agent's checkpoint and unbind it; returns the bytes for the hot tier."""
-        agent = self._require()
-        kv = self._slot_kv() if self._keeps_kv() else agent.kv_state
-        parked = agent.model_copy(update={"state": next_state(agent.state, Event.PARK),
-                                          "kv_state": kv})
-        # After a run the agent is already committed (in a resident state, which a later bind
-        # reads as a lost Host): only the hot-tier copy needs the DORMANT state, unless the
-        # engine's KV of the agent goes into the checkpoint now.
-        changed = self._dirty or kv != agent.kv_state
-        data = self._commit(parked) if changed else codec.encode(parked)
-        self.agent = None
-        return data
-
-    def release(self) -> None:
-        """Forget the agent without writing (its state is already committed)."""
-        self.agent = None
-
-    # -- the engine's device (optional engine methods, see agents.engines.base) ------------
-    def engine_info(self) -> dict[str, Any]:
-        info = getattr(self.engine, "info", None)
-        return dict(info()) if info else {}
-
-    def pause_engine(self) -> bool:
-        """Give the GPU back keeping the engine; False when the engine cannot sleep."""
-        sleep = getattr(self.engine, "sleep", None)
-        return bool(sleep()) if sleep else False
-
-    def wake_engine(self) -> bool:
-        wake = getattr(self.engine, "wake_up", None)
-        return bool(wake()) if wake else False
-
-    def measure(self) -> dict[str, Any]:
-        """The engine's reading of its GPU, else pynvml's reading of this process."""
-        measure = getattr(self.engine, "measure", None)
-        return dict(measure()) if measure else nvml_reading()
-
-    def kv_tokens(self) -> int:
-        """Tokens of KV the engine holds for the resident agent (0 for engines that do not say)."""
-        return int(getattr(self.engine, "kv_tokens", 0))
-
-    def _commit(self, record: AgentRecord) -> bytes:
-        data = codec.encode(record)
-        self.store.write_bytes(record.spec.agent_id, data, self.epoch)
-        self._dirty = False
-        return data
-
-    def _require(self) -> AgentRecord:
-        if self.agent is None:
-            raise UsageError(f"{self.host_id} hosts no agent")
-        return self.agent
-
-    def _move(self, event: Event) -> None:
-        agent = self._require()
-        new = next_state(agent.state, event)
-        if (agent.state, new) not in QUIET:
-            self.events.emit("agent.state_changed", agent_id=agent.spec.agent_id,
-                             old=agent.state.value, new=new.value, host=self.host_id)
-        self.agent = agent.model_copy(update={"state": new})
-
     # -- EXECUTE -> MONITOR -> RECOVER -----------------------------------------------------
     def run(self, tasks: list[tuple[Task, Carry | None]], headroom: float) -> list[Outcome]:
         agent = self._require()
         self._dirty = True
-        runs = [_Run(t, c or self._first_carry(t)) for t, c in tasks]
         done: list[Outcome] = []
         self._monitor_down = False
+        runs = [r for t, c in tasks if (r := self._admit(t, c, done)) is not None]
         while runs:
-            for run in runs:
-                self._execute(run)
-            verdicts = self._assess(agent.spec.agent_id, runs, headroom)
-            runs = self._recover(runs, verdicts, done)
+            runs = [r for r in runs if self._guarded(r, done, self._execute)]
+            assessed = self._assess(agent.spec.agent_id, runs, headroom, done)
+            runs = self._recover(assessed, done)
         # The agent's KV now lives in the engine (its slot) and goes into the checkpoint when it
         # is parked; a KV copy committed earlier no longer matches the memory committed now.
         self.agent = self._require().model_copy(update={"kv_state": None})
         self._commit(self.agent)
         return done
 
-    def _keeps_kv(self) -> bool:
-        return self.settings.engine.kv_snapshot and self._require().state is not AgentState.FAILED
+    # -- one task's failure is its own ----------------------------------------------------
+    def _admit(self, task: Task, carry: Carry | None, done: list[Outcome]) -> _Run | None:
+        """The task's run, or None (and its failed result) when its contract cannot be checked:
+        a schema that reached the Host past the loader is the task's fault, not the agent's."""
+        run = _Run(task, carry or Carry(params=self._require().spec.generation))
 
-    def _slot_kv(self) -> bytes | None:
-        """The engine's KV of the agent for its checkpoint; None when over `kv_max_bytes`."""
-        agent, cfg = self._require(), self.settings.engine
-        blob = self.engine.save_state(agent.spec.agent_id)
-        if blob is not None and len(blob) > cfg.kv_max_bytes:
-            self.events.emit("agent.kv_dropped", agent_id=agent.spec.agent_id, bytes=len(blob),
-                             kv_max_bytes=cfg.kv_max_bytes, tokens=self.kv_tokens())
-            return None  # the next activation re-reads persona and memory
-        return blob
+        def prepare(r: _Run) -> None:
+            if r.task.json_schema is not None and (problem := schema_problem(r.task.json_schema)):
+                raise UsageError(f"task {r.task.task_id}: {problem}")
+            r.carry = carry or self._first_carry(r.task)
+
+        return run if self._guarded(run, done, prepare) else None
+
+    def _guarded(self, run: _Run, done: list[Outcome], step: Callable[[_Run], None]) -> bool:
+        """Run one task's `step`; whatever it raises fails that task alone (False)."""
+        try:
+            step(run)
+        except Exception as exc:  # MemoryError, a grammar the engine refused, a bug: not the agent's
+            done.append(self._broken(run, exc))
+            return False
+        return True
+
+    def _broken(self, run: _Run, exc: BaseException) -> Outcome:
+        reason = one_line(exc)
+        agent = self._require()
+        self.events.emit("host.task_error", agent_id=agent.spec.agent_id, host=self.host_id,
+                         task_id=run.task.task_id, error=reason)
+        try:
+            return self._finish(run, None, ok=False, error=reason)
+        except Exception:  # the failure was in finishing itself: the bare result still goes back
+            result = TaskResult(task_id=run.task.task_id, agent_id=agent.spec.agent_id,
+                                status=TaskStatus.FAILED, attempts=run.carry.attempt + 1,
+                                agent_state=self._require().state.value, error=reason)
+            return Outcome(run.task, result)
 
     def _first_carry(self, task: Task) -> Carry:
         if self.settings.recovery.greedy_constrained_first:
@@ -255,18 +202,30 @@ class HostRuntime:
         run.carry = replace(c, tokens=c.tokens + tokens, vote_tokens=c.vote_tokens + voted,
                             truth=c.truth or (truth.value if truth is not GroundTruth.NONE else ""))
 
-    def _assess(self, agent_id: str, runs: list[_Run], headroom: float) -> list[Verdict]:
-        """The monitor's verdicts on a round; the Host's own when the monitor does not answer."""
+    def _assess(
+        self, agent_id: str, runs: list[_Run], headroom: float, done: list[Outcome]
+    ) -> list[tuple[_Run, Verdict]]:
+        """The monitor's verdicts on a round; the Host's own when the monitor does not answer
+        (for the rest of the run) or fails (for this round)."""
         signals = [self._signals(r, headroom) for r in runs]
-        if not self._monitor_down:
+        if runs and not self._monitor_down:
             try:
-                return self.assess(agent_id, [(r.task.task_id, r.task.prompt, r.carry.attempt, s)
-                                              for r, s in zip(runs, signals, strict=True)])
+                verdicts = self.assess(agent_id, [(r.task.task_id, r.task.prompt, r.carry.attempt, s)
+                                                  for r, s in zip(runs, signals, strict=True)])
+                return list(zip(runs, verdicts, strict=True))
             except MonitorUnavailable as exc:  # not waited for again in this run
                 self._monitor_down = True
                 self.events.emit("host.monitor_unavailable", agent_id=agent_id, host=self.host_id,
                                  tasks=len(runs), reason=str(exc)[:300])
-        return [self._assess_locally(r, s) for r, s in zip(runs, signals, strict=True)]
+            except Exception as exc:  # a task the monitor could not assess: find it here
+                self.events.emit("host.monitor_error", agent_id=agent_id, host=self.host_id,
+                                 tasks=len(runs), reason=one_line(exc))
+        assessed: list[tuple[_Run, Verdict]] = []
+        for run, sig in zip(runs, signals, strict=True):
+            def local(r: _Run, s: Signals = sig) -> None:
+                assessed.append((r, self._assess_locally(r, s)))
+            self._guarded(run, done, local)
+        return assessed
 
     def _assess_locally(self, run: _Run, signals: Signals) -> Verdict:
         """The monitor's pure functions without its memory: no peers, no supervision history;
@@ -293,35 +252,54 @@ class HostRuntime:
             fault=run.fault.fault if run.fault else FaultClass.NONE,
         )
 
-    def _recover(
-        self, runs: list[_Run], verdicts: list[Verdict], done: list[Outcome]
-    ) -> list[_Run]:
+    def _recover(self, assessed: list[tuple[_Run, Verdict]], done: list[Outcome]) -> list[_Run]:
         again: list[_Run] = []
         delay = 0.0
-        for i, (run, (report, decision)) in enumerate(zip(runs, verdicts, strict=True)):
-            c = run.carry
-            tiers = c.tiers + ((int(decision.tier),) if decision.tier else ())
-            run.carry = replace(c, tiers=tiers)
-            if decision.action is Action.ACCEPT:
-                done.append(self._finish(run, report, ok=report.fault is FaultClass.NONE))
-            elif decision.action is Action.FAIL_TASK:
-                done.append(self._finish(run, report, ok=False, error=decision.reason))
-            elif decision.action is Action.FAIL_AGENT:  # FAILED first: every result must say so
+        for i, (run, (report, decision)) in enumerate(assessed):
+            if decision.action is Action.FAIL_AGENT:  # FAILED first: every result must say so
                 self._mark_failed(decision)
                 done.append(self._finish(run, report, ok=False, error=decision.reason))
-                return self._fail_agent(runs[i + 1 :], again, done, decision)
-            else:
-                self._record_recovery(run, decision)
+                rest = [r for r, _ in assessed[i + 1 :]]
+                return self._fail_agent(rest, again, done, decision)
+
+            def apply(r: _Run, report: HealthReport = report, decision: Decision = decision) -> None:
+                if self._apply(r, report, decision, done):
+                    again.append(r)
+
+            if self._guarded(run, done, apply) and run in again:
                 delay = max(delay, decision.delay_s)
-                if decision.action is Action.MIGRATE:
-                    done.append(Outcome(run.task, None, self._next_carry(run, decision), report.fault))
-                    continue
-                if decision.action is Action.COMPRESS:
-                    self._compress()
-                run.carry = self._next_carry(run, decision)
-                again.append(run)
-        if delay and again:  # one backoff for the round: each retry waits at least its own delay
+        return self._back_off(again, delay, done)
+
+    def _apply(self, run: _Run, report: HealthReport, decision: Decision, done: list[Outcome]) -> bool:
+        """Apply one decision; True when the task runs again on this Host."""
+        c = run.carry
+        tiers = c.tiers + ((int(decision.tier),) if decision.tier else ())
+        run.carry = replace(c, tiers=tiers)
+        if decision.action is Action.ACCEPT:
+            done.append(self._finish(run, report, ok=report.fault is FaultClass.NONE))
+            return False
+        if decision.action is Action.FAIL_TASK:
+            done.append(self._finish(run, report, ok=False, error=decision.reason))
+            return False
+        self._record_recovery(run, decision)
+        if decision.action is Action.MIGRATE:
+            done.append(Outcome(run.task, None, self._next_carry(run, decision), report.fault))
+            return False
+        if decision.action is Action.COMPRESS:
+            self._compress()
+        run.carry = self._next_carry(run, decision)
+        return True
+
+    def _back_off(self, again: list[_Run], delay: float, done: list[Outcome]) -> list[_Run]:
+        """One backoff for the round: each retry waits at least its own delay. A delay that
+        cannot be slept (an extreme config) fails the tasks that asked for it."""
+        if not delay or not again:
+            return again
+        try:
             self.sleep(delay)
+        except Exception as exc:
+            done.extend(self._broken(run, exc) for run in again)
+            return []
         return again
 
     def _record_recovery(self, run: _Run, decision: Decision) -> None:
