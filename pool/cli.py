@@ -337,6 +337,25 @@ def inspect(agent_id: str, address: str | None, namespace: str, run: str | None,
     _guard(go)
 
 
+@main.command(help="A Grafana dashboard of the selfheal_* metrics (agents by state, residents, "
+                   "memory, recoveries by tier, task rates), as JSON to import in Grafana; "
+                   "--install puts it beside Ray's own dashboards in this machine's Ray session.")
+@click.option("--install", "do_install", is_flag=True,
+              help="Write it into /tmp/ray/session_latest/metrics/grafana/dashboards.")
+def grafana(do_install: bool) -> None:
+    import json
+
+    from pool.grafana import dashboard, install
+
+    def go() -> None:
+        if do_install:
+            click.echo(f"wrote {install()}; restart Grafana (or wait for its rescan) to see it")
+        else:
+            click.echo(json.dumps(dashboard(), indent=2))
+
+    _guard(go)
+
+
 def _add_bench() -> None:
     from pool.bench.cli import bench
 

