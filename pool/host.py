@@ -189,6 +189,7 @@ class HostRuntime(Residency):
             memory=agent.memory, kind=run.task.kind, json_schema=run.task.json_schema,
             labels=run.task.labels, expected=run.task.expected, constrain=c.constrain,
             attempt=c.attempt, memory_compressed=c.memory_compressed, host_changed=c.host_changed,
+            timeout_s=run.task.deadline_s * self.settings.recovery.deadline_factor,
         )
         run.gen, run.fault, run.samples, voted = None, None, (), 0
         try:

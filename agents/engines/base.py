@@ -30,6 +30,7 @@ class GenRequest:
     attempt: int = 0  # 0 for the first try; the scripted engine keys its faults on it
     memory_compressed: bool = False  # tier-2 compressed the memory before this attempt
     host_changed: bool = False  # tier-2 moved the agent to another Host before this attempt
+    timeout_s: float | None = None  # cut the generation after this long (deadline x factor): TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,8 @@ class Engine(Protocol):
     name: str
 
     def generate(self, req: GenRequest) -> GenResult:
-        """Answer one request; raise `EngineFault` on timeout, OOM, crash."""
+        """Answer one request; raise `EngineFault` on timeout, OOM, crash. A generation still
+        running after `req.timeout_s` is cut: `EngineFault(TIMEOUT)`."""
         ...
 
     def save_state(self, agent_id: str) -> bytes | None:

@@ -199,6 +199,7 @@ class LlamaServerCore:
         }
         if req.constrain:
             body.update(self._constraint(req))
+        body.update(self._time_limit(req))
         t0 = time.perf_counter()
         out = self.server.handle_chat_completions(body)
         elapsed = time.perf_counter() - t0
@@ -207,6 +208,9 @@ class LlamaServerCore:
         usage, choice = out["usage"], out["choices"][0]
         timings = out.get("timings", {})
         self.tokens[slot] = int(usage["prompt_tokens"]) + int(usage["completion_tokens"])
+        if self._cut_by_time(body, out):
+            raise EngineFault(FaultClass.TIMEOUT, f"llama.cpp: generation cut at its time limit "
+                              f"({body['t_max_predict_ms']} ms) after {usage['completion_tokens']} tokens")
         return GenResult(
             text=choice["message"].get("content") or "",
             finish_reason="length" if choice["finish_reason"] == "length" else "stop",
@@ -225,6 +229,22 @@ class LlamaServerCore:
         if req.kind is TaskKind.LABEL and req.labels:
             return {"grammar": label_grammar(req.labels)}
         return {}
+
+    @staticmethod
+    def _time_limit(req: GenRequest) -> dict[str, Any]:
+        """llama-server's own cut of a long generation (`t_max_predict_ms`, counted from the
+        first token; it stops at a newline past the limit), or nothing without a limit."""
+        return {"t_max_predict_ms": max(1, round(req.timeout_s * 1000))} if req.timeout_s else {}
+
+    @staticmethod
+    def _cut_by_time(body: dict[str, Any], out: dict[str, Any]) -> bool:
+        """The answer was stopped by the time limit: llama-server says "length" as for the token
+        limit, with fewer tokens than that limit and the generation's time past its own."""
+        limit = body.get("t_max_predict_ms")
+        if not limit or out["choices"][0]["finish_reason"] != "length":
+            return False
+        fewer = int(out["usage"]["completion_tokens"]) < int(body["max_tokens"])
+        return fewer and float(out.get("timings", {}).get("predicted_ms", 0.0)) >= limit
 
     @staticmethod
     def _fault(req: GenRequest, err: dict[str, Any]) -> Exception:

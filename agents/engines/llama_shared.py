@@ -66,7 +66,7 @@ class LlamaEngine(SharedEngineClient):
             self.cfg, self.slots, cuda_id)
 
     def generate(self, req: GenRequest) -> GenResult:
-        result: GenResult = self.call("generate", req, self.slot)
+        result: GenResult = self.call("generate", req, self.slot, timeout_s=req.timeout_s)
         self.kv_tokens = int(result.extra.get("slot_tokens", 0))
         return result
 

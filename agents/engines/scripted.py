@@ -16,6 +16,10 @@ as failures (`recur_probability`):
 - crash (transient): the engine fails; recurs with p = 0.5 on the same Host, 0.05 on another.
 - permanent: always recurs.
 
+A step costs `EngineConfig.step_cost_s` (slept with the injected `sleep`); a step that would run
+past the request's `timeout_s` (the task's deadline x `recovery.deadline_factor`) is cut there
+and raises TIMEOUT, as a real engine's cut generation does.
+
 Its device is simulated by `EngineConfig.device`: whether it can sleep (a sleeping engine refuses
 to generate, so a pool that forgets to wake it fails loudly) and what pynvml would read per GPU.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agents.config import EngineConfig
@@ -103,8 +108,9 @@ def recur_probability(fault: str, req: GenRequest) -> float:
 class ScriptedEngine:
     name = "scripted"
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
+        self._wait = sleep  # a step's cost is slept (tests pass a fake); `sleep()` is the device's
         self.rates = cfg.faults.model_dump()
         self._states: dict[str, bytes] = {}
         self.asleep = False
@@ -118,7 +124,7 @@ class ScriptedEngine:
             raise EngineFault(FaultClass.CRASH, "engine is asleep: wake_up() first")
         self._steps += 1
         if self.cfg.step_cost_s:
-            time.sleep(self.cfg.step_cost_s)
+            self._spend(self.cfg.step_cost_s, req.timeout_s)
         fault = fault_of(self.cfg.seed, req.task_id, self.rates)
         truth = _TRUTH[fault]
         text, finish = self._answer(req, fault)
@@ -133,6 +139,13 @@ class ScriptedEngine:
             truth=truth,
             extra={"fault": fault},
         )
+
+    def _spend(self, cost_s: float, limit_s: float | None) -> None:
+        """A step of `cost_s`; one that would run past `limit_s` is cut there (TIMEOUT)."""
+        if limit_s is not None and cost_s > limit_s:
+            self._wait(limit_s)
+            raise EngineFault(FaultClass.TIMEOUT, f"generation cut at {limit_s:g} s (deadline x factor)")
+        self._wait(cost_s)
 
     def _answer(self, req: GenRequest, fault: str) -> tuple[str, str]:
         shows = fault != "none" and (

@@ -8,17 +8,20 @@ of the GPU's Hosts reach it together, so the engine batches them.
 
 `SharedEngineClient` is what a Host's runtime holds. A call is one Ray call; a lost engine actor
 (killed, crashed, its node gone) becomes `EngineFault(CRASH)`, so recovery retries or migrates
-the task, and the first Host that sees the loss starts a replacement at once.
+the task, and the first Host that sees the loss starts a replacement at once. A generation is
+waited for its request's `timeout_s` at most (the task's deadline x factor): a hung engine call
+is `EngineFault(TIMEOUT)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util import list_named_actors
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -94,17 +97,28 @@ class SharedEngineClient:
                    "scheduling_strategy": NodeAffinitySchedulingStrategy(self.node_id, soft=False)}
         return self._spawn(options, cuda_id)
 
-    def call(self, method: str, *args: Any, reconnect: bool = True) -> Any:
+    def call(
+        self, method: str, *args: Any, reconnect: bool = True, timeout_s: float | None = None
+    ) -> Any:
         """One call on the engine actor. Errors raised by the engine keep their own class. A lost
         actor is a CRASH fault for the first Host that sees it, which also starts a replacement
         (it loads while recovery decides); a Host whose handle is stale but finds the
-        replacement already there reconnects instead of failing a second time."""
+        replacement already there reconnects instead of failing a second time. A call with no
+        answer after `timeout_s` (a generation's deadline x factor) is a TIMEOUT fault: the Host
+        stops waiting, and the call is cancelled (an async engine aborts it)."""
         handle = self._handle
+        ref: Any = None
         try:
-            return ray.get(getattr(handle, method).remote(*args))
+            ref = getattr(handle, method).remote(*args)
+            return ray.get(ref, timeout=timeout_s)
+        except GetTimeoutError:
+            with contextlib.suppress(RayError):
+                ray.cancel(ref)
+            raise EngineFault(FaultClass.TIMEOUT, f"{self.prefix}: no answer in {timeout_s:g} s "
+                              "(deadline x factor)") from None
         except RayActorError as exc:
             if reconnect and self._replaced(handle):
-                return self.call(method, *args, reconnect=False)
+                return self.call(method, *args, reconnect=False, timeout_s=timeout_s)
             self._handle = self._actor()
             raise EngineFault(FaultClass.CRASH, f"{self.prefix} actor lost: {first_line(exc)}") from None
         except RayTaskError as exc:

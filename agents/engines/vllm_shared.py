@@ -59,7 +59,7 @@ class VllmEngine(SharedEngineClient):
             self.cfg, self.pool.budget_mib, cuda_id)
 
     def generate(self, req: GenRequest) -> GenResult:
-        result: GenResult = self.call("generate", req)
+        result: GenResult = self.call("generate", req, timeout_s=req.timeout_s)
         return result
 
     def sleep(self) -> bool:
