@@ -98,7 +98,7 @@ class RecoveryConfig(Section):
     backoff_base_s: float = Field(0.02, ge=0, le=DAY_S, description="First backoff delay.")
     backoff_max_s: float = Field(2.0, ge=0, le=DAY_S, description="Longest backoff delay.")
     jitter: float = Field(0.5, ge=0, le=1, description="Relative jitter of the backoff.")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the jitter.")
+    seed: int = Field(0, ge=0, description="Seed of the jitter (any integer: it seeds Python's `random`).")
 
 
 class EngineKind(StrEnum):
