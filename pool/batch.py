@@ -53,6 +53,7 @@ class RunOptions:
     address: str | None = None
     progress: bool = True
     keep_pool: bool = False  # leave the run's pool up when it ends (`selfheal stop` ends it)
+    run_id: str | None = None  # the pool's namespace is <pool.namespace>-<run_id>; default: random
 
 
 def connect(settings: Settings, address: str | None) -> None:
@@ -115,7 +116,7 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
     configure_logging()
     started = time.perf_counter()
     memory_plan(opts.settings)  # a model that is not a GGUF, a context over the budget: before Ray
-    opts = replace(opts, settings=for_run(opts.settings, new_run_id()))
+    opts = replace(opts, settings=for_run(opts.settings, opts.run_id or new_run_id()))
     lock = OutLock.acquire(opts.out, opts.settings.pool.namespace)
     try:
         return _run_locked(opts, lock, started)

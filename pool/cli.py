@@ -74,8 +74,11 @@ def main() -> None:
 @click.option("--keep-pool", is_flag=True, help="Leave the run's pool (manager, monitor, Hosts, "
               "engines) up when the run ends, for `selfheal status`; `selfheal stop` ends it. By "
               "default a run gives the cluster its GPU shares back when it ends.")
+@click.option("--run-id", callback=lambda _c, _p, v: _run_id(v),
+              help="Name the run's pool (namespace <pool.namespace>-RUN_ID); default: random.")
 def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, config: Path | None,
-        address: str | None, no_progress: bool, keep_pool: bool, **flags: Any) -> None:
+        address: str | None, no_progress: bool, keep_pool: bool, run_id: str | None,
+        **flags: Any) -> None:
     from agents.config import load_settings
     from pool.batch import RunOptions, run_batch
 
@@ -86,12 +89,20 @@ def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, co
                                  and tasks.name == "tasks.jsonl" else None)
         run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=agents,
                              agents_file=chosen, address=address, progress=not no_progress,
-                             keep_pool=keep_pool))
+                             keep_pool=keep_pool, run_id=run_id))
 
     _guard(go)
 
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+def _run_id(value: str | None) -> str | None:
+    import re
+
+    if value is not None and not re.fullmatch(r"[a-z0-9]{1,32}", value):
+        raise click.BadParameter("1 to 32 lowercase letters and digits", param_hint="--run-id")
+    return value
 
 
 @main.command(help="How many agents one GPU holds with a GGUF model, and the arithmetic: the "

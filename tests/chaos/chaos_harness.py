@@ -16,6 +16,7 @@ from typing import Any
 from agents.config import Settings, load_settings
 from pool.batch import RunOptions, run_batch
 from pool.checks import Check, run_checks
+from pool.runs import split_namespace
 from pool.synthetic import synthetic_tasks, write_tasks
 
 HERE = Path(__file__).resolve().parent
@@ -54,8 +55,10 @@ class Run:
         self.out = tmp / "out"
         self.cfg = cfg
         self.n = n
-        self.opts = RunOptions(tasks=self.tasks, out=self.out, settings=cfg, agents=agents,
-                               progress=False)
+        prefix, run_id = split_namespace(NAMESPACE)  # run_batch puts the pool in NAMESPACE
+        pool = cfg.pool.model_copy(update={"namespace": prefix})
+        self.opts = RunOptions(tasks=self.tasks, out=self.out, agents=agents, progress=False,
+                               settings=cfg.model_copy(update={"pool": pool}), run_id=run_id)
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._go, daemon=True)
