@@ -108,13 +108,17 @@ def _task(n: int, row: dict[str, Any] | None, error: str,
         return None, one_line(exc, f"line {n}")
     if task.task_id in seen:
         return None, f"line {n}: duplicate task_id {task.task_id}"
-    if task.json_schema is not None and (problem := _schema_problem(_canonical(task.json_schema))):
+    if task.json_schema is not None and (problem := _schema_error(task.json_schema)):
         return None, f"line {n}: {problem}"
     return task, ""
 
 
-def _canonical(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True)
+def _schema_error(schema: dict[str, Any]) -> str | None:
+    try:  # a Parquet struct may hold bytes, NaN or non-string map keys
+        text = json.dumps(schema, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"schema is not JSON: {exc}"
+    return _schema_problem(text)
 
 
 @lru_cache(maxsize=1024)

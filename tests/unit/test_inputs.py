@@ -276,3 +276,13 @@ def test_a_run_reads_its_task_file_once(tmp_path: Path, monkeypatch: pytest.Monk
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert [r["error"] for r in rows] == ["line 1: unknown agent_id ghost",
                                           "line 2: expected a JSON object"]
+
+
+def test_a_parquet_schema_that_is_not_json_is_a_rejected_row(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    schema = pa.struct([("type", pa.string()), ("const", pa.binary())])  # bytes: not JSON
+    pq.write_table(pa.table({"task_id": ["t1"], "agent_id": ["a1"], "prompt": ["hi"],
+                             "kind": ["json"], "schema": pa.array([{"type": "string", "const": b"x"}],
+                                                                 schema)}), path)
+    tasks, rejected = load_tasks(path)
+    assert not tasks and rejected[0].error.startswith("line 1: schema is not JSON")
