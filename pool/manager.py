@@ -35,6 +35,7 @@ from agents.state import AgentState
 from pool.actors import MONITOR_NAME, MonitorActor
 from pool.budget import Demand, Ledger, Resident, plan
 from pool.checkpoint import CheckpointStore
+from pool.deaths import count_deaths, forget
 from pool.host import Carry, Outcome
 from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
@@ -74,7 +75,8 @@ class PoolManager(VramControl, Queries):
         self.metrics = PoolMetrics(self.cfg.namespace)
         self.trail = AgentTrail()  # recent events per agent, for `selfheal inspect`
         self.exclude: dict[str, str] = {}  # agent_id -> Host it must not return to (migration)
-        self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it
+        self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it outside a batch
+        self.task_deaths: dict[str, int] = {}  # task_id -> Hosts lost running it (pool.deaths)
         self.reviving: set[str] = set()  # lost Hosts not yet answering again: no agent goes there
         self.moving: dict[str, Move] = {}  # agents migrating, until bound on their new Host
         self.paused: dict[int, str] = {}  # gpu -> how it was given back (`pause`)
@@ -407,6 +409,8 @@ class PoolManager(VramControl, Queries):
             return None
         self.registry.set_state(agent_id, AgentState.IDLE)
         self.crashes.pop(agent_id, None)  # a batch went through: the crash count starts again
+        if self.task_deaths:
+            self.task_deaths = forget(self.task_deaths, (o.task.task_id for o in outcomes))
         for o in reversed(migrate):
             self._enqueue(agent_id, (o.task, o.carry), front=True)
         if migrate:
@@ -421,7 +425,10 @@ class PoolManager(VramControl, Queries):
         return None
 
     def _host_lost(self, slot: Slot, batch: list[Item]) -> None:
-        """The Host process died: its agent falls back to its committed checkpoint."""
+        """The Host process died: its agent falls back to its committed checkpoint. Deaths in a
+        batch are charged to its tasks (a task in flight at `pool.task_deaths` deaths fails
+        alone); deaths outside one (bind, park) to the agent, which fails past
+        `recovery.intensity` of them, its checkpoint quarantined only if it does not verify."""
         agent_id, slot.agent = slot.agent, None
         slot.lost += 1
         self.metrics.count("hosts_lost")
@@ -439,19 +446,44 @@ class PoolManager(VramControl, Queries):
         entry = self.registry.get(agent_id)
         entry.host, entry.hot = None, None
         self.registry.set_state(agent_id, AgentState.DORMANT)
-        self.crashes[agent_id] = self.crashes.get(agent_id, 0) + 1
         self.exclude[agent_id] = slot.host_id  # restore it on another Host where one is free
-        if self.crashes[agent_id] > self.settings.recovery.intensity:
-            reason = f"its Host died {self.crashes[agent_id]} times in a row"
-            with contextlib.suppress(StorageError):  # a poison checkpoint: keep it for a person
-                self.store.quarantine(agent_id, reason)
-            self._agent_failed(None, agent_id, reason, batch)
+        if batch:
+            batch = self._charge_tasks(agent_id, batch)
+        elif self._charge_agent(agent_id):
             return
         for item in reversed(batch):
             self._enqueue(agent_id, item, front=True)
         if self.queues.get(agent_id):  # it has work: it is unavailable until bound elsewhere
             self.moving[agent_id] = Move(slot.host_id, slot.gpu, time.monotonic(), "its Host died", False)
             self.registry.want(agent_id)
+
+    def _charge_tasks(self, agent_id: str, batch: list[Item]) -> list[Item]:
+        """One more death for each task in flight; those at the limit fail alone. The rest."""
+        limit = self.cfg.task_deaths
+        self.task_deaths, doomed = count_deaths(self.task_deaths, [t.task_id for t, _ in batch], limit)
+        reason = f"its Host died {limit} times running it"
+        for task, _ in batch:
+            if task.task_id in doomed:
+                self._result(task, TaskStatus.FAILED, reason)
+                self.events.emit("pool.task_killed_hosts", agent_id=agent_id, task_id=task.task_id,
+                                 deaths=limit)
+        return [item for item in batch if item[0].task_id not in doomed]
+
+    def _charge_agent(self, agent_id: str) -> bool:
+        """One more death outside a batch; past `recovery.intensity` the agent fails (True). Its
+        checkpoint is verified: versions that fail are quarantined by the store, good ones kept,
+        so a person can release the agent."""
+        self.crashes[agent_id] = self.crashes.get(agent_id, 0) + 1
+        if self.crashes[agent_id] <= self.settings.recovery.intensity:
+            return False
+        reason = f"its Host died {self.crashes[agent_id]} times in a row binding or parking it"
+        try:
+            self.store.verify(agent_id)
+            reason += "; its checkpoint verifies"
+        except StorageError as exc:
+            reason += f"; its checkpoint: {exc}"
+        self._agent_failed(None, agent_id, reason, [])
+        return True
 
     async def _revive(self, slot: Slot) -> None:
         """Wait until a lost Host answers again (Ray restarts it), so that no agent is bound to
