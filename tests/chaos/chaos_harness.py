@@ -7,16 +7,20 @@ folder's conftest when several test folders are collected together.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chaos_inject import executions_dir
+
 from agents.config import Settings, load_settings
 from pool.batch import RunOptions, run_batch
 from pool.checks import Check, run_checks
-from pool.runs import split_namespace
+from pool.runs import run_namespace, split_namespace
 from pool.synthetic import synthetic_tasks, write_tasks
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +36,7 @@ def start_ray(flag_dir: Path, object_store_mib: int | None = None) -> None:
     if object_store_mib:
         extra["object_store_memory"] = object_store_mib * 1024 * 1024
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    os.environ["CHAOS_FLAG_DIR"] = str(flag_dir)  # the driver's side: where executions are counted
     ray.init(address="local", num_cpus=2, num_gpus=1, namespace=NAMESPACE, include_dashboard=False,
              _temp_dir=str(flag_dir / "ray"),
              log_to_driver=False, runtime_env={
@@ -50,18 +55,25 @@ def settings(**over: Any) -> Settings:
 class Run:
     """A batch run in a background thread, so the test can break things while it runs."""
 
-    def __init__(self, tmp: Path, n: int, agents: int, cfg: Settings, seed: int = 0) -> None:
+    def __init__(self, tmp: Path, n: int, agents: int, cfg: Settings, seed: int = 0,
+                 run_id: str | None = None) -> None:
+        """`run_id` None: the pool lives in NAMESPACE, where the tests find its manager by name;
+        another id puts it in `<prefix>-<run_id>` (`self.namespace`), beside other runs' pools."""
         self.tasks = write_tasks(tmp / "tasks.jsonl", synthetic_tasks(n, agents=agents, seed=seed))
         self.out = tmp / "out"
         self.cfg = cfg
         self.n = n
-        prefix, run_id = split_namespace(NAMESPACE)  # run_batch puts the pool in NAMESPACE
+        prefix, default_id = split_namespace(NAMESPACE)  # run_batch puts the pool in NAMESPACE
+        run_id = run_id or default_id
+        self.namespace = run_namespace(prefix, run_id)
         pool = cfg.pool.model_copy(update={"namespace": prefix})
         self.opts = RunOptions(tasks=self.tasks, out=self.out, agents=agents, progress=False,
                                settings=cfg.model_copy(update={"pool": pool}), run_id=run_id)
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._go, daemon=True)
+        if (done := executions_dir()) is not None:  # this run counts its own executions only
+            shutil.rmtree(done, ignore_errors=True)
 
     def _go(self) -> None:
         try:
@@ -101,11 +113,54 @@ class Run:
         lines = (self.out / "events.jsonl").read_text().splitlines()
         return [e for e in map(json.loads, lines) if e.get("event") == name]
 
+    def statuses(self) -> Counter[str]:
+        import pyarrow.parquet as pq
+
+        return Counter(pq.read_table(self.out / "results.parquet", columns=["status"]).column(0).to_pylist())
+
     def checks(self, quarantined_ok: tuple[str, ...] = ()) -> list[Check]:
         got = run_checks(self.out, self.tasks, self.store_root(), NAMESPACE, quarantined_ok)
+        got.append(check_executions(self.out))
         for c in got:
             print(c.line())
         return got
+
+
+def check_executions(out: Path) -> Check:
+    """Counted engine-side: every succeeded task was executed (a result with no execution behind
+    it was made up), and how many executions the pool repeated (the same task, attempt and seed
+    run again: after a Host died mid-task, a stall, a manager restart), which is allowed, apart
+    from duplicate results, which are not."""
+    import pyarrow.parquet as pq
+
+    folder = executions_dir()
+    runs: Counter[tuple[str, str, str]] = Counter()
+    for log in folder.glob("*.log") if folder else ():
+        runs.update(tuple(line.split("\t")) for line in log.read_text().splitlines())  # type: ignore[misc]
+    executed = {task for task, _, _ in runs}
+    rows = pq.read_table(out / "results.parquet", columns=["task_id", "status"]).to_pylist()
+    unexecuted = [r["task_id"] for r in rows if r["status"] == "succeeded" and r["task_id"] not in executed]
+    repeated = sum(n - 1 for n in runs.values())
+    figures = {"executions": sum(runs.values()), "repeated_executions": repeated,
+               "succeeded_never_executed": len(unexecuted)}
+    detail = (f"{figures['executions']} executions, {repeated} repeated, "
+              f"{len(unexecuted)} succeeded without an execution")
+    return Check("executions", not unexecuted and bool(runs), detail, figures)
+
+
+def baseline(tmp: Path, n: int, agents: int, cfg: Settings, seed: int) -> Counter[str]:
+    """The status mix of the same tasks and seeds with nothing killed: what a run under chaos
+    is measured against (a check that passes when every task failed is no check)."""
+    (tmp / "baseline").mkdir()
+    run = Run(tmp / "baseline", n, agents, cfg, seed=seed).start()
+    run.join()
+    return run.statuses()
+
+
+def assert_like_baseline(run: Run, base: Counter[str], slack: float) -> None:
+    """At least the baseline's successes, less `slack` of the tasks (kills cost some attempts)."""
+    got = run.statuses()
+    assert got["succeeded"] >= base["succeeded"] - slack * run.n, (dict(got), dict(base))
 
 
 def assert_checks(run: Run, quarantined_ok: tuple[str, ...] = ()) -> list[Check]:

@@ -3,6 +3,10 @@
 `install` wraps the checkpoint store's low-level write: while the flag file `$CHAOS_FLAG_DIR/enospc`
 exists, every checkpoint write in every Host (and the manager) fails with ENOSPC, as on a full disk.
 Removing the file frees the disk again.
+
+It also counts executions engine-side: every `generate` of the scripted engine appends
+`task_id attempt seed` to `$CHAOS_FLAG_DIR/executions/<pid>.log`, so the checks see how often a
+task really ran, apart from how many results it got.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ def disk_full_flag() -> Path | None:
     return Path(folder) / "enospc" if folder else None
 
 
+def executions_dir() -> Path | None:
+    folder = os.environ.get("CHAOS_FLAG_DIR")
+    return Path(folder) / "executions" if folder else None
+
+
 def install() -> None:
+    _count_executions()
     import pool.checkpoint as ck
 
     real = ck._write_all
@@ -29,3 +39,25 @@ def install() -> None:
         real(fd, data)
 
     ck._write_all = write_all
+
+
+def _count_executions() -> None:
+    from agents.engines.base import GenRequest, GenResult
+    from agents.engines.scripted import ScriptedEngine
+
+    folder = executions_dir()
+    if folder is None:
+        return
+    real = ScriptedEngine.generate
+
+    def generate(self: ScriptedEngine, req: GenRequest) -> GenResult:
+        folder.mkdir(exist_ok=True)
+        line = f"{req.task_id}\t{req.attempt}\t{req.params.seed}\n".encode()
+        fd = os.open(folder / f"{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line)  # one write of a short line with O_APPEND: lines never interleave
+        finally:
+            os.close(fd)
+        return real(self, req)
+
+    ScriptedEngine.generate = generate  # type: ignore[method-assign]
