@@ -1,48 +1,90 @@
 """The task ledger: exactly one terminal record per task, durable across driver crashes.
 
 An append-only JSONL journal, flushed and fsynced after each batch of records. A record counts as
-committed once its line is complete on disk; a torn last line (the driver killed mid-write) is
-ignored on read and the task is simply run again. Reading keeps the first record of a task id, so
-a duplicate can never reach the results.
+committed once its line is complete on disk. Reading keeps the first record of a task id, so a
+duplicate can never reach the results.
+
+Reading never gives up a committed record. A torn last line (the driver killed mid-write: no
+newline, not a record) is cut and its task simply runs again. Any other line that is not a record
+(a disk error, a hand edit) is set aside, whole, in `ledger.quarantine.jsonl` beside the ledger
+with its line number and the reason, before the ledger is rewritten without it; every record
+before and after it stays committed. `quarantined` and `notice` say what was set aside.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 
 from agents.models import TaskResult
+from pool.private import fsync_dir, open_private, write_private
+
+log = structlog.get_logger(__name__)
 
 
 class TaskLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[str, TaskResult] = {}
+        self.quarantined = 0  # bad lines this load set aside
+        self.notice: str | None = None  # a line for the driver to print when lines were set aside
         if path.exists():
             self._load()
-        self._fh = open(path, "ab")  # noqa: SIM115 - held open for the run
+        self._fh = open_private(path, "ab")  # held open for the run
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".quarantine.jsonl")
 
     def _load(self) -> None:
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        good_end = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # torn tail
+        data = self.path.read_bytes()
+        *lines, tail = data.split(b"\n")  # `tail` is b"" when the last line is complete
+        good: list[bytes] = []
+        bad: list[dict[str, Any]] = []
+        for number, line in enumerate(lines, 1):
             try:
-                rec = TaskResult.model_validate_json(line)
-            except ValidationError:
-                break
-            good_end += len(line)
-            self.records.setdefault(rec.task_id, rec)
-        if good_end < len(data):  # cut the torn tail so new lines start clean
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good_end)
+                self._fold(_parse(line))
+            except ValueError as exc:
+                bad.append(_bad_line(number, line, exc))
+                continue
+            good.append(line + b"\n")
+        if tail:
+            try:  # killed just before the newline: the record is whole, keep it
+                self._fold(_parse(tail))
+                good.append(tail + b"\n")
+            except ValueError:
+                log.info("ledger.torn_tail_cut", path=str(self.path), bytes=len(tail))
+        if bad:
+            self._set_aside(bad)
+        if bad or tail:  # new lines must start clean, and bad ones not be read again
+            write_private(self.path, b"".join(good))
+
+    def _fold(self, rec: TaskResult) -> None:
+        self.records.setdefault(rec.task_id, rec)
+
+    def _set_aside(self, bad: list[dict[str, Any]]) -> None:
+        """Append the bad lines to the quarantine file, durably, before the ledger loses them."""
+        new = not self.quarantine_path.exists()
+        with open_private(self.quarantine_path, "ab") as fh:
+            fh.write(b"".join(json.dumps(b).encode() + b"\n" for b in bad))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if new:
+            fsync_dir(self.path.parent)
+        self.quarantined = len(bad)
+        numbers = [b["line"] for b in bad]
+        shown = ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+        self.notice = (f"{self.path}: {len(bad)} bad line{'s' if len(bad) > 1 else ''} set aside in "
+                       f"{self.quarantine_path.name} (line {shown}); every valid record is kept")
+        log.warning("ledger.quarantined", path=str(self.path), lines=numbers[:100],
+                    count=len(bad), quarantine=str(self.quarantine_path))
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self.records
@@ -71,7 +113,22 @@ class TaskLedger:
         self._fh.close()
 
 
+def _parse(line: bytes) -> TaskResult:
+    try:
+        return TaskResult.model_validate_json(line)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{where}: {err['msg']}" if where else err["msg"]) from None
+
+
+def _bad_line(number: int, line: bytes, exc: ValueError) -> dict[str, Any]:
+    # surrogateescape: bytes that are not UTF-8 survive the round trip through JSON
+    return {"line": number, "reason": str(exc)[:300], "ts": time.time(),
+            "text": line.decode("utf-8", "surrogateescape")}
+
+
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    with open(path, "a") as fh:
+    with open_private(path, "a") as fh:
         for rec in records:
             fh.write(json.dumps(rec, default=str) + "\n")

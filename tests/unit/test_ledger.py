@@ -1,0 +1,97 @@
+"""The task ledger keeps every committed record: bad lines are set aside, never the ones after."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agents.models import TaskResult, TaskStatus
+from pool.ledger import TaskLedger
+
+
+def _rec(task_id: str, status: TaskStatus = TaskStatus.SUCCEEDED, agent_id: str = "a") -> TaskResult:
+    return TaskResult(task_id=task_id, agent_id=agent_id, status=status, output=f"out {task_id}")
+
+
+def _line(task_id: str, **kw: object) -> bytes:
+    return _rec(task_id, **kw).model_dump_json().encode() + b"\n"  # type: ignore[arg-type]
+
+
+def _quarantine(path: Path) -> list[dict[str, object]]:
+    q = path.with_name("ledger.quarantine.jsonl")
+    return [json.loads(line) for line in q.read_text().splitlines()] if q.exists() else []
+
+
+BAD_LINES = {
+    "garbage": b"\x00\xff not json at all\n",
+    "half_a_record": b'{"task_id": "tx", "agent_\n',  # a line torn and then written over
+    "json_but_no_record": b'{"hello": "world"}\n',
+    "bad_status": json.dumps({**json.loads(_line("tx")), "status": "maybe"}).encode() + b"\n",
+    "deep_nesting": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "bad_utf8": b'{"task_id": "\xc3\x28", "agent_id": "a", "status": "succeeded"}\n',
+    "blank": b"\n",
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_LINES))
+def test_a_bad_record_in_the_middle_keeps_every_later_record(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(_line("t1") + _line("t2") + BAD_LINES[bad] + _line("t3") + _line("t4"))
+    with capture_logs() as logs:
+        ledger = TaskLedger(path)
+    assert list(ledger.records) == ["t1", "t2", "t3", "t4"], "nothing after the bad line is lost"
+    assert ledger.quarantined == 1
+    assert ledger.notice is not None and "1 bad line" in ledger.notice and "line 3" in ledger.notice
+    [event] = [e for e in logs if e["event"] == "ledger.quarantined"]
+    assert event["lines"] == [3] and event["path"] == str(path)
+    [kept] = _quarantine(path)
+    assert kept["line"] == 3 and kept["reason"]
+    assert kept["text"].encode("utf-8", "surrogateescape") == BAD_LINES[bad].rstrip(b"\n")
+    # the ledger itself now holds the valid records only, and new ones follow them cleanly
+    ledger.append([_rec("t5")])
+    ledger.close()
+    ids = [json.loads(line)["task_id"] for line in path.read_text().splitlines()]
+    assert ids == ["t1", "t2", "t3", "t4", "t5"]
+    again = TaskLedger(path)
+    assert again.quarantined == 0 and again.notice is None and len(_quarantine(path)) == 1
+    again.close()
+
+
+def test_several_bad_lines_are_each_set_aside_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"oops\n" + _line("t1") + b"{}\n" + _line("t2") + b"]\n")
+    ledger = TaskLedger(path)
+    assert list(ledger.records) == ["t1", "t2"] and ledger.quarantined == 3
+    assert [q["line"] for q in _quarantine(path)] == [1, 3, 5]
+    ledger.close()
+
+
+def test_a_torn_last_line_is_cut_not_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(_line("t1") + b"garbage\n" + _line("t2") + b'{"task_id": "t3", "ag')
+    ledger = TaskLedger(path)
+    assert list(ledger.records) == ["t1", "t2"] and ledger.quarantined == 1
+    assert [q["line"] for q in _quarantine(path)] == [2]
+    ledger.close()
+    assert path.read_bytes() == _line("t1") + _line("t2")
+
+
+def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(_line("t1") + _line("t2").rstrip(b"\n"))  # killed just before the newline
+    ledger = TaskLedger(path)
+    assert list(ledger.records) == ["t1", "t2"] and ledger.quarantined == 0
+    ledger.append([_rec("t3")])
+    ledger.close()
+    assert path.read_bytes() == _line("t1") + _line("t2") + _line("t3")
+
+
+def test_the_first_record_of_a_task_wins(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(_line("t1") + _line("t1", status=TaskStatus.FAILED))
+    ledger = TaskLedger(path)
+    assert ledger.records["t1"].status is TaskStatus.SUCCEEDED and len(ledger) == 1
+    ledger.close()
