@@ -187,7 +187,7 @@ class HostRuntime(Residency):
             system_prompt=agent.spec.system_prompt, prompt=run.task.prompt,
             params=c.params.model_copy(update={"seed": c.params.seed + c.attempt}),  # a fresh sample
             memory=agent.memory, kind=run.task.kind, json_schema=run.task.json_schema,
-            labels=run.task.labels, expected=run.task.expected, constrain=c.constrain,
+            labels=run.task.labels, constrain=c.constrain,
             attempt=c.attempt, memory_compressed=c.memory_compressed, host_changed=c.host_changed,
             timeout_s=run.task.deadline_s * self.settings.recovery.deadline_factor,
         )

@@ -10,11 +10,13 @@ from agents.models import Task, TaskKind
 
 _SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "amount": {"type": "number"}},
            "required": ["name", "amount"]}
-_LABELS = ("positive", "negative")
+_LABELS = ("even", "odd")
 
 
 def synthetic_tasks(n: int, agents: int, seed: int = 0, prefix: str = "t") -> list[Task]:
-    """`n` tasks over agents agent-000000..agent-{agents-1}, all four kinds, verifiable answers."""
+    """`n` tasks over agents agent-000000..agent-{agents-1}, all four kinds, verifiable answers.
+    Every key follows from its prompt (a sum, its parity), so the scripted engine answers right
+    by working the prompt out, without ever being handed the key."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -25,9 +27,10 @@ def synthetic_tasks(n: int, agents: int, seed: int = 0, prefix: str = "t") -> li
                                      "prompt": f"Task {i}: what is {a} plus {b}?", "kind": kind}
         if kind is TaskKind.ANSWER:
             fields["expected"] = str(a + b)
-        elif kind is TaskKind.LABEL:
+        elif kind is TaskKind.LABEL:  # a key the prompt determines: a model can work it out
+            fields["prompt"] = f"Task {i}: is {a} plus {b} even or odd?"
             fields["labels"] = _LABELS
-            fields["expected"] = _LABELS[i % 2]
+            fields["expected"] = _LABELS[(a + b) % 2]
         elif kind is TaskKind.JSON:
             fields["schema"] = _SCHEMA
         out.append(Task.model_validate(fields))

@@ -25,7 +25,6 @@ class GenRequest:
     kind: TaskKind = TaskKind.FREE
     json_schema: dict[str, Any] | None = None  # constrain output to this schema when `constrain`
     labels: tuple[str, ...] | None = None  # constrain output to one of these when `constrain`
-    expected: str | None = None  # known answer (the scripted engine uses it as ground truth)
     constrain: bool = False  # schema / choice constrained decoding (tier-1 retune)
     attempt: int = 0  # 0 for the first try; the scripted engine keys its faults on it
     memory_compressed: bool = False  # tier-2 compressed the memory before this attempt

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,13 +81,23 @@ def _fill(schema: dict[str, Any]) -> Any:
     return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, "value")
 
 
+# The synthetic families it can work out (`pool.synthetic`, and the sums of `scripts/make_tasks`).
+_SUM = re.compile(r"(-?\d+)\s*(?:\+|plus)\s*(-?\d+)", re.IGNORECASE)
+_PARITY = re.compile(r"is (-?\d+) plus (-?\d+) even or odd", re.IGNORECASE)
+
+
 def correct_answer(req: GenRequest) -> str:
+    """The simulated model's right answer, worked out from the request as a model would: it is
+    never given the answer key (the grader's alone), so what it cannot work out it answers
+    plausibly (the first label, a generic sentence) and the grader marks it wrong."""
     if req.kind is TaskKind.JSON and req.json_schema is not None:
         return json.dumps(_fill(req.json_schema))
     if req.kind is TaskKind.LABEL and req.labels:
-        return req.expected or req.labels[0]
-    if req.expected is not None:
-        return req.expected
+        parity = _PARITY.search(req.prompt)
+        word = ("even", "odd")[(int(parity[1]) + int(parity[2])) % 2] if parity else None
+        return word if word in req.labels else req.labels[0]
+    if req.kind is TaskKind.ANSWER and (total := _SUM.search(req.prompt)):
+        return str(int(total[1]) + int(total[2]))
     return "A short and coherent answer to the question."
 
 

@@ -39,7 +39,7 @@ _HEALABLE = ("transient", "resource")
 def _correct(task: Task) -> str:
     req = GenRequest(agent_id=task.agent_id, task_id=task.task_id, system_prompt="",
                      prompt=task.prompt, params=GenerationParams(), kind=task.kind,
-                     json_schema=task.json_schema, labels=task.labels, expected=task.expected)
+                     json_schema=task.json_schema, labels=task.labels)
     return correct_answer(req)
 
 

@@ -49,8 +49,7 @@ def _request(task: Task, spec: AgentSpec) -> GenRequest:
         params = params.model_copy(update={"max_tokens": task.max_tokens})
     return GenRequest(agent_id=task.agent_id, task_id=task.task_id,
                       system_prompt=spec.system_prompt, prompt=task.prompt, params=params,
-                      kind=task.kind, json_schema=task.json_schema, labels=task.labels,
-                      expected=task.expected)
+                      kind=task.kind, json_schema=task.json_schema, labels=task.labels)
 
 
 def _renamed(tasks: list[Task], rep: int) -> list[Task]:
