@@ -299,6 +299,12 @@ class CheckpointStore:
         entries = self.versions(agent_id)
         return entries[-1] if entries else None
 
+    def next_epoch(self, agent_id: str, after: int = 0) -> int:
+        """An epoch no commit refuses: above the fence (the highest epoch ever committed, which
+        a quarantined newest version may have held alone) and above `after`."""
+        manifest = self._load_manifest(self._folder(agent_id), agent_id)
+        return max(after, manifest.epoch if manifest else 0) + 1
+
     def versions(self, agent_id: str) -> list[ManifestEntry]:
         """The committed entries, oldest first (not verified); [] for an unknown agent."""
         manifest = self._load_manifest(self._folder(agent_id), agent_id)

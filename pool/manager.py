@@ -252,8 +252,7 @@ class PoolManager(VramControl, Queries):
     async def _activate(self, slot: Slot, agent_id: str, started: float) -> None:
         """Bind `agent_id` on `slot`, reserved for it at `started` (perf_counter)."""
         entry = self.registry.get(agent_id)
-        latest = self.store.latest(agent_id)
-        entry.epoch = max(entry.epoch, latest.epoch if latest else 0) + 1
+        entry.epoch = self.store.next_epoch(agent_id, after=entry.epoch)  # above the store's fence
         self.registry.unwant(agent_id)
         entry.host = slot.host_id
         late = asyncio.ensure_future(self._bind(slot, agent_id, entry))
@@ -319,6 +318,7 @@ class PoolManager(VramControl, Queries):
                 for s in self.slots if s.agent and s.gpu == gpu]
 
     async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
+        given = self.registry.get(agent_id).epoch  # the epoch its Host was bound with
         late = as_future(ref)
         done, _ = await asyncio.wait({late}, timeout=self.cfg.watchdog_s)
         if not done:  # a stalled Host: its agent moves on, the Host stays busy until it answers
@@ -330,10 +330,13 @@ class PoolManager(VramControl, Queries):
         except HOST_GONE:
             self._host_lost(slot, batch)
         except RayError as exc:
-            if isinstance(getattr(exc, "cause", None), StaleEpoch):  # a zombie: the agent lives on elsewhere
+            if not isinstance(getattr(exc, "cause", None), StaleEpoch):
+                self._agent_failed(slot, agent_id, f"host error: {cause(exc)}", batch)
+            elif self.registry.get(agent_id).epoch != given or slot.agent != agent_id:
+                # a zombie: the agent was fenced off this Host and lives on elsewhere
                 self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id)
             else:
-                self._agent_failed(slot, agent_id, f"host error: {cause(exc)}", batch)
+                self._requeue_stale(slot, agent_id, batch)
         else:
             why = self._fold(slot, agent_id, outcomes)
             if why is not None:  # parked before the slot is free again: no other park races it
@@ -341,6 +344,19 @@ class PoolManager(VramControl, Queries):
         finally:
             slot.busy = False
             self._wake.set()
+
+    def _requeue_stale(self, slot: Slot, agent_id: str, batch: list[Item]) -> None:
+        """The agent's own Host was refused by a fence above the epoch it was given: nothing of
+        the batch is committed, so it runs again once the agent is bound above the fence."""
+        slot.agent = None
+        slot.handle.release.remote()
+        entry = self.registry.get(agent_id)
+        entry.host, entry.hot = None, None
+        self.registry.set_state(agent_id, AgentState.DORMANT)
+        for item in reversed(batch):
+            self._enqueue(agent_id, item, front=True)  # and wanted again: a fresh activation
+        self.events.emit("pool.stale_epoch_requeued", agent_id=agent_id, host=slot.host_id,
+                         epoch=entry.epoch, requeued=len(batch))
 
     async def _stalled(
         self, slot: Slot, agent_id: str, batch: list[Item], late: Any, stage: str
@@ -387,8 +403,8 @@ class PoolManager(VramControl, Queries):
 
     def _fence(self, agent_id: str, epoch: int) -> int:
         """Commit the latest checkpoint again under a new epoch: older writers are refused."""
-        record, entry = self.store.read(agent_id)
-        fence = max(epoch, entry.epoch) + 1
+        record, _ = self.store.read(agent_id)
+        fence = self.store.next_epoch(agent_id, after=epoch)
         self.store.write(record, fence)
         return fence
 
@@ -594,8 +610,7 @@ class PoolManager(VramControl, Queries):
         record, _ = self.store.read(agent_id)
         fixed = record.model_copy(update={"state": AgentState.DORMANT, "failed_reason": None})
         entry = self.registry.get(agent_id)
-        latest = self.store.latest(agent_id)
-        entry.epoch = max(entry.epoch, latest.epoch if latest else 0) + 1
+        entry.epoch = self.store.next_epoch(agent_id, after=entry.epoch)
         self.store.write(fixed, entry.epoch)
         self.registry.set_state(agent_id, AgentState.DORMANT)
         self.crashes.pop(agent_id, None)

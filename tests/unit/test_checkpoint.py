@@ -528,3 +528,22 @@ def test_read_fuzz_newest_file(two_versions: Path, data: bytes) -> None:
             assert record == decode(data) and record.spec.agent_id == AID
         else:
             assert (entry.version, record.tasks_done) == (1, 1)
+
+
+# ---- epochs after a quarantine ------------------------------------------------------------
+
+
+def test_next_epoch_is_above_the_fence_after_the_newest_version_is_quarantined(
+    store: CheckpointStore,
+) -> None:
+    store.write(make(tasks_done=1), epoch=1)
+    store.write(make(tasks_done=2), epoch=4)  # a fence: the watchdog moved the agent on
+    _flip(store)  # version 2, the only one at epoch 4, goes bad
+    assert store.read(AID)[0].tasks_done == 1  # quarantined on the way
+    assert store.latest(AID).epoch == 1  # type: ignore[union-attr]
+    with pytest.raises(StaleEpoch):  # what the newest remaining entry suggested before
+        store.write(make(tasks_done=3), epoch=store.latest(AID).epoch + 1)  # type: ignore[union-attr]
+    assert store.next_epoch(AID) == 5
+    assert store.next_epoch(AID, after=7) == 8  # a manager that already gave out 7
+    assert store.write(make(tasks_done=3), epoch=store.next_epoch(AID)).epoch == 5
+    assert store.next_epoch("nobody") == 1
