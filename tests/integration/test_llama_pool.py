@@ -15,12 +15,13 @@ import pytest
 import ray
 
 from agents.config import load_settings
-from agents.engines.shared import engine_actors, shutdown_engines
+from agents.engines.shared import engine_actors
 from pool.batch import RunOptions, run_batch
+from pool.runs import shutdown_pool
 from pool.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.llama, pytest.mark.timeout(900)]
-NS = "selfheal"
+NS = "selfheal-llama"  # run id "llama": the run's pool lives in <pool.namespace>-<run id>
 
 
 def _settings(**pool: Any) -> Any:
@@ -55,7 +56,7 @@ def test_one_engine_serves_every_host_and_a_killed_engine_is_healed(
     killer.start()
     try:
         summary = run_batch(RunOptions(tasks=tasks, out=out, settings=_settings(), agents=6,
-                                       progress=False))
+                                       progress=False, run_id="llama", keep_pool=True))
         killer.join(timeout=5)
         assert "killed_id" in killed, "the engine was killed mid-run"
         (engine,) = engine_actors(NS)  # one engine for the GPU's 4 Hosts, a new one
@@ -63,7 +64,7 @@ def test_one_engine_serves_every_host_and_a_killed_engine_is_healed(
         info = ray.get(engine.info.remote())
         assert info["slots"] == 4 and info["kv_bytes_per_token"] == 23040
     finally:
-        shutdown_engines(NS)
+        shutdown_pool(NS)
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
     wanted = [json.loads(line)["task_id"] for line in tasks.read_text().splitlines()]

@@ -16,12 +16,14 @@ import pytest
 
 from agents.config import load_settings
 from pool.batch import RunOptions, run_batch
+from pool.runs import shutdown_pool
 from pool.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = pytest.mark.integration
 
 SLOTS = 2
 TASKS = 160
+NS = "selfheal-multi"  # run id "multi": the run's pool lives in <pool.namespace>-<run id>
 NO_FAULTS = {k: 0.0 for k in ("garbage", "truncation", "timeout", "oom", "crash", "permanent")}
 
 
@@ -56,7 +58,8 @@ def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Pat
     out = tmp_path / "out"
     done: dict[str, object] = {}
     runner = threading.Thread(target=lambda: done.update(summary=run_batch(RunOptions(
-        tasks=tasks, out=out, settings=settings, agents=16, progress=False))))
+        tasks=tasks, out=out, settings=settings, agents=16, progress=False, run_id="multi",
+        keep_pool=True))))
     runner.start()
 
     deadline = time.monotonic() + 120
@@ -68,7 +71,7 @@ def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Pat
     assert where["pool-manager"] == where["health-monitor"] == head, "control actors on the head"
     victim = cluster.gpu_nodes[-1]  # type: ignore[attr-defined]
     victim8 = victim.node_id[:8]
-    status = ray.get(ray.get_actor("pool-manager").status.remote())
+    status = ray.get(ray.get_actor("pool-manager", namespace=NS).status.remote())
     hosts_by_node = Counter(h["host"].split("-")[1] for h in status["hosts"])
     assert len(hosts_by_node) == 2 and set(hosts_by_node.values()) == {SLOTS}, hosts_by_node
     on_victim = {h["agent"] for h in status["hosts"] if h["host"].split("-")[1] == victim8
@@ -91,9 +94,10 @@ def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Pat
     assert later and all(victim8 not in e["host"] for e in later), "nothing placed on the dead node"
     moved = {e["agent_id"] for e in later} & on_victim
     assert moved, f"agents of the lost node ({on_victim}) were activated on the other node"
-    status = ray.get(ray.get_actor("pool-manager").status.remote())
+    status = ray.get(ray.get_actor("pool-manager", namespace=NS).status.remote())
     assert {h["host"] for h in status["hosts"] if h["dead"]} == {
         h["host"] for h in status["hosts"] if h["host"].split("-")[1] == victim8}
     migrated = [e for e in events if e["event"] == "pool.migrated" and e["agent_id"] in moved]
     assert migrated and all(e["why"] == "its Host died" and victim8 in e["src_host"]
                             and victim8 not in e["dst_host"] for e in migrated)
+    shutdown_pool(NS)
