@@ -4,8 +4,13 @@ Theory of operation: a checkpoint is an Arrow IPC *stream* holding exactly one r
 exactly one row, under a fixed schema that carries its version in the schema metadata
 (`selfheal.schema_version`). Decoding trusts nothing: the schema must match this module's exactly
 (names, types, nullability, metadata), the batch is validated in full by Arrow (offsets, UTF-8),
-and the row is validated again by the pydantic models. Whatever is wrong with the bytes surfaces as
-`CheckpointCorrupt` and nothing else, so the store can quarantine the file and fall back.
+and the row is validated again by the pydantic models. Bytes that are not such a stream surface as
+`CheckpointCorrupt`, so the store can quarantine the file and fall back. A well-formed record that
+cannot be made into an `AgentRecord` now (out of memory, or a value this version's models refuse:
+a limit tightened by an upgrade) is `CheckpointUnreadable`: the file is not to blame and is kept.
+
+A committed version also carries a `Stamp` (agent id, version, epoch) in its batch's custom
+metadata, put there by the store at commit: a lost or corrupt manifest is rebuilt from the files.
 
 The generation parameters travel as JSON so that a new sampling field with a default does not need
 a new schema version.
@@ -13,6 +18,7 @@ a new schema version.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 import pyarrow as pa
@@ -23,6 +29,21 @@ from agents.models import AgentRecord, AgentSpec, GenerationParams, Turn
 
 SCHEMA_VERSION: Final = "1"
 _VERSION_KEY: Final = b"selfheal.schema_version"
+_STAMP_KEYS: Final = (b"selfheal.agent_id", b"selfheal.version", b"selfheal.epoch")
+
+
+class CheckpointUnreadable(StorageError):
+    """A well-formed checkpoint that cannot be decoded now (out of memory, or refused by this
+    version's models): retryable, and never a reason to quarantine the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """Which committed version a checkpoint file is."""
+
+    agent_id: str
+    version: int
+    epoch: int
 
 _TURN = pa.struct(
     [
@@ -53,9 +74,41 @@ def encode(record: AgentRecord) -> bytes:
         batch = pa.RecordBatch.from_arrays(_columns(record), schema=SCHEMA)
     except (pa.ArrowException, OverflowError) as exc:  # e.g. tasks_done past int64
         raise StorageError(f"cannot encode agent {record.spec.agent_id}: {exc}") from exc
+    return _stream(batch, None)
+
+
+def stamped(data: bytes, stamp: Stamp) -> bytes:
+    """`data` (a valid checkpoint) with `stamp` in its batch's metadata; the row is unchanged."""
+    try:
+        batch = next(iter(pa.ipc.open_stream(pa.py_buffer(data))))
+    except MemoryError as exc:
+        raise CheckpointUnreadable(f"out of memory stamping a checkpoint: {exc}") from None
+    except (pa.ArrowException, OSError, StopIteration) as exc:
+        raise CheckpointCorrupt(f"cannot stamp: not a valid Arrow checkpoint: {exc}") from None
+    values = (stamp.agent_id, str(stamp.version), str(stamp.epoch))
+    return _stream(batch, {k: v.encode() for k, v in zip(_STAMP_KEYS, values, strict=True)})
+
+
+def read_stamp(data: bytes) -> Stamp | None:
+    """The stamp of a committed version's bytes; None for a file written before stamps (or a
+    hot-tier copy). Raises `CheckpointCorrupt` for bytes that are not a checkpoint stream."""
+    try:
+        got = pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch_with_custom_metadata()
+        meta = got.custom_metadata
+        if meta is None or not all(k in meta for k in _STAMP_KEYS):
+            return None
+        agent_id, version, epoch = (meta[k].decode() for k in _STAMP_KEYS)
+        return Stamp(agent_id, int(version), int(epoch))
+    except MemoryError as exc:
+        raise CheckpointUnreadable(f"out of memory reading a checkpoint: {exc}") from None
+    except (pa.ArrowException, OSError, ValueError, StopIteration) as exc:
+        raise CheckpointCorrupt(f"unreadable stamp: {type(exc).__name__}: {exc}") from None
+
+
+def _stream(batch: pa.RecordBatch, metadata: dict[bytes, bytes] | None) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
-        writer.write_batch(batch)
+        writer.write_batch(batch, custom_metadata=metadata)
     data: bytes = sink.getvalue().to_pybytes()
     return data
 
@@ -79,13 +132,18 @@ def _columns(record: AgentRecord) -> list[pa.Array]:
 
 
 def decode(data: bytes) -> AgentRecord:
-    """The record in `data`; raises `CheckpointCorrupt`, and only that, for bad bytes."""
+    """The record in `data`; `CheckpointCorrupt` for bytes that are not a checkpoint,
+    `CheckpointUnreadable` for one that cannot be made into a record now."""
     try:
         return _row_to_record(_single_row(data))
     except CheckpointCorrupt:
         raise
     except ValidationError as exc:
-        raise CheckpointCorrupt(f"invalid agent record: {_first_error(exc)}") from None
+        raise CheckpointUnreadable(
+            f"agent record refused by this version's models: {_first_error(exc)}"
+        ) from None
+    except MemoryError as exc:  # pyarrow's ArrowMemoryError included
+        raise CheckpointUnreadable(f"out of memory decoding a checkpoint: {exc}") from None
     # In-memory bytes: an OSError here is Arrow's "Invalid IPC message", not an I/O failure.
     except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise CheckpointCorrupt(

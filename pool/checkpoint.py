@@ -10,9 +10,13 @@ crash leaves behind (temp files, a renamed but uncommitted version) is deleted b
 
 The manifest keeps the highest epoch and version ever committed apart from its entries, so that
 dropping a bad version never lets versions run backwards or a zombie Host (lower epoch) write.
-A read checks size, sha256 and a full decode of the newest entry; a file that fails is moved to
-`root/quarantine/<a>/` with a reason file, dropped from the manifest, and the previous version is
-tried. Only the project's typed errors leave this module: `StorageError` and its subclasses.
+A read checks size, sha256, the file's stamp and a full decode of the newest entry; a file that
+fails (corrupt: `CheckpointCorrupt`) is moved to `root/quarantine/<a>/` with a reason file,
+dropped from the manifest, and the previous version is tried. A file that verifies but cannot be
+decoded now (out of memory, a limit tightened by an upgrade: `CheckpointUnreadable`), or a read
+that fails, is left in place and the read raises. A manifest that does not parse or lies is set
+aside and rebuilt from the version files (`pool.manifest`). Only the project's typed errors leave
+this module: `StorageError` and its subclasses.
 """
 
 from __future__ import annotations
@@ -25,53 +29,25 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from agents.codec import decode, encode
+from agents.codec import Stamp, decode, encode, stamped
 from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
 from agents.models import AgentId, AgentRecord
+from pool import manifest as mf
+from pool.manifest import MANIFEST, Manifest, ManifestEntry
 
-MANIFEST: Final = "MANIFEST.json"
+__all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
+
 LOCK: Final = ".lock"
-FORMAT: Final = 1
 STEPS: Final = ("temp_written", "fsynced", "renamed", "manifest_written")
 
 log = structlog.get_logger(__name__)
 _agent_id = TypeAdapter(AgentId)
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestEntry:
-    """One committed version of one agent's checkpoint."""
-
-    agent_id: str
-    version: int  # 1, 2, ...: strictly increasing per agent, never reused
-    sha256: str  # hex digest of the file's bytes
-    epoch: int  # fencing token of the writer (the Host's binding)
-    size: int  # bytes
-    file: str  # file name inside the agent's folder, always v{version:08d}.arrow
-
-
-@dataclass(frozen=True, slots=True)
-class _Manifest:
-    agent_id: str
-    epoch: int  # highest epoch ever committed: the fence, even after entries are dropped
-    version: int  # highest version ever used
-    entries: tuple[ManifestEntry, ...]  # oldest first
-    quarantined: str | None = None  # reason, when the whole agent was quarantined
-    format: int = FORMAT
-
-
-_manifest_adapter = TypeAdapter(_Manifest)
-
-
-def _file_name(version: int) -> str:
-    return f"v{version:08d}.arrow"
 
 
 class CheckpointStore:
@@ -136,12 +112,12 @@ class CheckpointStore:
 
     def _stage_initial(self, folder: Path, agent_id: str, data: bytes) -> Path:
         """Version 1's data file and a manifest temp listing it, neither fsynced."""
-        entry = ManifestEntry(agent_id, 1, hashlib.sha256(data).hexdigest(), 0, len(data),
-                              _file_name(1))
+        data = stamped(data, Stamp(agent_id, 1, 0))
+        entry = mf.entry_for(agent_id, 1, 0, data)
         tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
         with _locked(folder):
             (folder / entry.file).write_bytes(data)
-            tmp.write_bytes(_manifest_json(_Manifest(agent_id, 0, 1, (entry,))))
+            tmp.write_bytes(mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
         return tmp
 
     @staticmethod
@@ -167,26 +143,20 @@ class CheckpointStore:
             raise _storage_error(f"checkpoint write for agent {agent_id} failed", exc) from exc
 
     def _commit_locked(self, folder: Path, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
-        old = self._load_manifest(folder, agent_id) or _Manifest(agent_id, 0, 0, ())
+        old = self._load_manifest(folder, agent_id, locked=True) or Manifest(agent_id, 0, 0, ())
         if epoch < old.epoch:
             raise StaleEpoch(
                 f"agent {agent_id}: write with epoch {epoch} refused, epoch {old.epoch} committed"
             )
         _remove_temps(folder)
         version = old.version + 1
-        entry = ManifestEntry(
-            agent_id,
-            version,
-            hashlib.sha256(data).hexdigest(),
-            epoch,
-            len(data),
-            _file_name(version),
-        )
+        data = stamped(data, Stamp(agent_id, version, epoch))  # a lost manifest is rebuilt from it
+        entry = mf.entry_for(agent_id, version, epoch, data)
         # A failure from here on leaves at worst an unlisted file: never read, pruned next time.
         self._write_durably(folder / entry.file, data, hooks=True)
         self._step("renamed")
         kept = (*old.entries, entry)[-self.keep :]
-        self._save_manifest(folder, _Manifest(agent_id, epoch, version, kept))
+        self._save_manifest(folder, Manifest(agent_id, epoch, version, kept))
         self._step("manifest_written")
         self._prune(folder, kept)
         return entry
@@ -211,8 +181,8 @@ class CheckpointStore:
             raise
         _fsync_dir(path.parent)
 
-    def _save_manifest(self, folder: Path, manifest: _Manifest) -> None:
-        self._write_durably(folder / MANIFEST, _manifest_json(manifest))
+    def _save_manifest(self, folder: Path, manifest: Manifest) -> None:
+        self._write_durably(folder / MANIFEST, mf.to_json(manifest))
 
     def _prune(self, folder: Path, kept: tuple[ManifestEntry, ...]) -> None:
         live = {e.file for e in kept}
@@ -254,7 +224,7 @@ class CheckpointStore:
             raise _storage_error(f"checkpoint read for agent {agent_id} failed", exc) from exc
 
     def _read_locked(self, folder: Path, agent_id: str) -> tuple[bytes, AgentRecord, ManifestEntry]:
-        manifest = self._load_manifest(folder, agent_id)
+        manifest = self._load_manifest(folder, agent_id, locked=True)
         if manifest is None:
             raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
         if manifest.quarantined is not None:
@@ -283,6 +253,7 @@ class CheckpointStore:
             raise CheckpointCorrupt(f"size {len(data)} != {entry.size} in manifest")
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise CheckpointCorrupt("sha256 mismatch")
+        mf.check_stamp(entry, data)
         return self._check_record(entry.agent_id, data)
 
     @staticmethod
@@ -324,7 +295,9 @@ class CheckpointStore:
                 if (folder / MANIFEST).exists():
                     yield folder.name
 
-    def _load_manifest(self, folder: Path, agent_id: str) -> _Manifest | None:
+    def _load_manifest(self, folder: Path, agent_id: str, locked: bool = False) -> Manifest | None:
+        """The agent's manifest (None: no such agent); a corrupt one is rebuilt, under the
+        folder's lock (`locked`: the caller holds it)."""
         try:
             raw = (folder / MANIFEST).read_bytes()
         except FileNotFoundError:
@@ -332,11 +305,51 @@ class CheckpointStore:
         except OSError as exc:
             raise _storage_error(f"manifest of agent {agent_id} unreadable", exc) from exc
         try:
-            manifest = _manifest_adapter.validate_json(raw, strict=True)
-        except ValidationError as exc:
-            raise CheckpointCorrupt(f"manifest of agent {agent_id} is invalid: {exc}") from None
-        _check_manifest(manifest, agent_id)
+            return mf.parse(raw, agent_id)
+        except CheckpointCorrupt as exc:
+            if locked:
+                return self._rebuild_manifest(folder, agent_id, raw, str(exc))
+        try:
+            with _locked(folder):  # another reader may have rebuilt it meanwhile: look again
+                return self._load_manifest(folder, agent_id, locked=True)
+        except OSError as exc:
+            raise _storage_error(f"manifest of agent {agent_id} not rebuilt", exc) from exc
+
+    def _rebuild_manifest(self, folder: Path, agent_id: str, raw: bytes, why: str) -> Manifest:
+        """Set the bad manifest aside, then list the version files that verify, above the fence
+        and version counter of every version quarantined before."""
+        target = self._quarantine_folder(agent_id)
+        name = f"{MANIFEST}.{time.time_ns()}"
+        self._write_durably(target / name, raw)  # copied, not moved: a crash leaves it in place
+        (target / f"{name}.reason.json").write_text(json.dumps({"reason": why}, indent=1) + "\n")
+        found, corrupt = [], []
+        for file in sorted(os.listdir(folder)):
+            version = mf.version_of(file)
+            if version is None:
+                continue
+            data = (folder / file).read_bytes()
+            try:
+                found.append(mf.scanned_entry(agent_id, version, data))
+            except CheckpointCorrupt as exc:
+                corrupt.append((mf.entry_for(agent_id, version, 0, data), str(exc)))
+        for entry, reason in corrupt:
+            self._quarantine_file(folder, entry, reason)
+        manifest = mf.rebuilt(agent_id, found, self._quarantined_versions(agent_id), self.keep)
+        self._save_manifest(folder, manifest)
+        log.warning("checkpoint.manifest_rebuilt", agent_id=agent_id, reason=why[:300],
+                    versions=[e.version for e in manifest.entries], epoch=manifest.epoch,
+                    version=manifest.version)
         return manifest
+
+    def _quarantined_versions(self, agent_id: str) -> list[tuple[int, int]]:
+        """(version, epoch) of each version of the agent quarantined so far, from their notes."""
+        out = []
+        for note in (self.root / "quarantine" / agent_id).glob("*.reason.json"):
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads(note.read_bytes())
+                if isinstance(doc.get("version"), int) and isinstance(doc.get("epoch"), int):
+                    out.append((doc["version"], doc["epoch"]))
+        return out
 
     # ---- quarantine ---------------------------------------------------------------------
 
@@ -347,7 +360,7 @@ class CheckpointStore:
             if not (folder / MANIFEST).exists():
                 raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
             with _locked(folder):
-                manifest = self._load_manifest(folder, agent_id)
+                manifest = self._load_manifest(folder, agent_id, locked=True)
                 if manifest is None:
                     raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
                 for entry in reversed(manifest.entries):
@@ -359,16 +372,20 @@ class CheckpointStore:
             raise _storage_error(f"quarantine of agent {agent_id} failed", exc) from exc
         log.warning("checkpoint.agent_quarantined", agent_id=agent_id, reason=reason)
 
-    def _quarantine_file(self, folder: Path, entry: ManifestEntry, reason: str) -> None:
-        target = self.root / "quarantine" / entry.agent_id
+    def _quarantine_folder(self, agent_id: str) -> Path:
+        target = self.root / "quarantine" / agent_id
         target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def _quarantine_file(self, folder: Path, entry: ManifestEntry, reason: str) -> None:
+        target = self._quarantine_folder(entry.agent_id)
         name = f"{entry.file}.{time.time_ns()}"
         moved = True
         try:
             os.replace(folder / entry.file, target / name)
         except FileNotFoundError:
             moved = False
-        note = {"reason": reason, "moved": moved, **_as_dict(entry)}
+        note = {"reason": reason, "moved": moved, **mf.as_dict(entry)}
         (target / f"{name}.reason.json").write_text(json.dumps(note, indent=1) + "\n")
         _fsync_dir(target)
         log.warning(
@@ -397,34 +414,6 @@ class CheckpointStore:
             with contextlib.suppress(FileExistsError):
                 path.mkdir()
             _fsync_dir(path.parent)  # the new folder's name must survive a crash too
-
-
-def _as_dict(obj: ManifestEntry | _Manifest) -> dict[str, object]:
-    # dataclasses.asdict deep-copies recursively: a third of a write's Python time.
-    return {name: getattr(obj, name) for name in obj.__slots__}
-
-
-def _manifest_json(manifest: _Manifest) -> bytes:
-    doc = {**_as_dict(manifest), "entries": [_as_dict(e) for e in manifest.entries]}
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _check_manifest(m: _Manifest, agent_id: str) -> None:
-    """Refuse a manifest that parses but lies: it must never steer a read outside the folder."""
-    problems = []
-    if m.format != FORMAT:
-        problems.append(f"format {m.format}")
-    if m.agent_id != agent_id or any(e.agent_id != agent_id for e in m.entries):
-        problems.append("agent id mismatch")
-    if any(e.file != _file_name(e.version) for e in m.entries):
-        problems.append("unexpected file name")
-    versions = [e.version for e in m.entries]
-    if versions != sorted(set(versions)) or any(v < 1 or v > m.version for v in versions):
-        problems.append("versions out of order")
-    if any(e.epoch > m.epoch or e.epoch < 0 for e in m.entries):
-        problems.append("entry epoch above the fence")
-    if problems:
-        raise CheckpointCorrupt(f"manifest of agent {agent_id} is invalid: {', '.join(problems)}")
 
 
 @contextlib.contextmanager
