@@ -340,3 +340,22 @@ def test_a_host_frozen_in_bind_or_park_is_fenced_and_its_agent_moves_on(
     got, _ = results(2)
     assert sorted(r.status.value for r in got) == ["succeeded"] * 2
     ray.kill(manager, no_restart=True)
+
+
+def test_a_hung_monitor_never_hangs_the_pool(chaos_ray: Path, tmp_path: Path) -> None:
+    """SIGSTOP the HealthMonitor mid-run: Hosts wait `pool.monitor_timeout_s` for it, then score
+    and decide alone; the run ends with every task accounted for while the monitor is frozen."""
+    cfg = settings(engine={"step_cost_s": 0.005}, pool={"monitor_timeout_s": 2.0})
+    base = baseline(tmp_path, 200, 20, cfg, seed=18)
+    run = Run(tmp_path, 200, 20, cfg, seed=18).start()
+    run.wait_for(lambda: run.committed() >= 40, what="the first results")
+    pid = _kill(MONITOR_NAME, signal.SIGSTOP)
+    try:
+        run.join(timeout_s=240)  # before: every Host blocked on `assess` for ever
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    alone = run.events("host.monitor_unavailable")
+    assert alone and all("no answer in 2.0 s" in e["reason"] for e in alone), alone[:3]
+    assert_checks(run)
+    assert_like_baseline(run, base, slack=0.05)
