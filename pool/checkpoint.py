@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -334,22 +334,24 @@ class CheckpointStore:
                 corrupt.append((mf.entry_for(agent_id, version, 0, data), str(exc)))
         for entry, reason in corrupt:
             self._quarantine_file(folder, entry, reason)
-        manifest = mf.rebuilt(agent_id, found, self._quarantined_versions(agent_id), self.keep)
+        noted = [(n["version"], n["epoch"]) for n in self.quarantined_versions(agent_id)]
+        manifest = mf.rebuilt(agent_id, found, noted, self.keep)
         self._save_manifest(folder, manifest)
         log.warning("checkpoint.manifest_rebuilt", agent_id=agent_id, reason=why[:300],
                     versions=[e.version for e in manifest.entries], epoch=manifest.epoch,
                     version=manifest.version)
         return manifest
 
-    def _quarantined_versions(self, agent_id: str) -> list[tuple[int, int]]:
-        """(version, epoch) of each version of the agent quarantined so far, from their notes."""
+    def quarantined_versions(self, agent_id: str) -> list[dict[str, Any]]:
+        """The notes of the agent's quarantined versions (version, epoch, reason...), by version;
+        a note that cannot be read is skipped."""
         out = []
         for note in (self.root / "quarantine" / agent_id).glob("*.reason.json"):
             with contextlib.suppress(OSError, ValueError):
                 doc = json.loads(note.read_bytes())
                 if isinstance(doc.get("version"), int) and isinstance(doc.get("epoch"), int):
-                    out.append((doc["version"], doc["epoch"]))
-        return out
+                    out.append(doc)
+        return sorted(out, key=lambda d: int(d["version"]))
 
     # ---- quarantine ---------------------------------------------------------------------
 

@@ -671,3 +671,33 @@ def _flip_version(store: CheckpointStore, version: int) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+# ---- the chaos check says what it saw -------------------------------------------------------
+
+
+def test_check_checkpoints_reports_a_fallback_to_an_older_version(store: CheckpointStore) -> None:
+    from pool.checks import check_checkpoints
+
+    store.write(make(tasks_done=1), epoch=1)
+    store.write(make(tasks_done=2), epoch=1)
+    store.write(make(agent_id="fine"), epoch=1)
+    _flip(store)  # v2 of agent-7: the newest committed version is corrupt
+    check = check_checkpoints(store.root)
+    assert not check.ok, "the newest committed version did not verify"
+    assert "agent-7: newest version 2 corrupt (quarantined: sha256 mismatch); fell back to " \
+           "version 1" in check.detail
+    assert check.figures["fell_back"] == {AID: 1} and check.figures["verified"] == 2
+    again = check_checkpoints(store.root)  # v2 is gone now: its quarantine is still reported
+    assert not again.ok and "agent-7: version 2 quarantined (sha256 mismatch)" in again.detail
+    allowed = check_checkpoints(store.root, quarantined_ok=[AID])
+    assert allowed.ok and allowed.figures["quarantined"] == [AID]
+
+
+def test_check_checkpoints_passes_a_clean_store(store: CheckpointStore) -> None:
+    from pool.checks import check_checkpoints
+
+    store.write(make(tasks_done=1), epoch=1)
+    store.write(make(tasks_done=2), epoch=1)
+    check = check_checkpoints(store.root)
+    assert check.ok and check.detail == "1 verified, 0 quarantined as expected, 0 bad"
