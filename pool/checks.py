@@ -147,7 +147,6 @@ def check_checkpoints(store_root: Path, quarantined_ok: Iterable[str] = ()) -> C
         try:
             newest = store.latest(agent_id)
             entry = store.verify(agent_id)  # quarantines a corrupt newest version, falls back
-            verified += 1
             if newest is not None and entry.version != newest.version:
                 fell_back[agent_id] = entry.version
                 problem = (f"newest version {newest.version} corrupt (quarantined: "
@@ -159,6 +158,7 @@ def check_checkpoints(store_root: Path, quarantined_ok: Iterable[str] = ()) -> C
         except StorageError as exc:
             problem = str(exc)[:200]
         if problem is None:
+            verified += 1
             continue
         if agent_id in allowed:
             quarantined.append(agent_id)
