@@ -97,14 +97,8 @@ def test_driver_killed_halfway_then_rerun_loses_and_duplicates_nothing(
     config = tmp_path / "slow.yaml"
     config.write_text("engine:\n  step_cost_s: 0.01\npool:\n  batch_per_agent: 2\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "scripts/run_batch.py"), "--engine", "scripted", "--tasks", str(tasks),
-           "--agents", "200", "--config", str(config), "--out", str(out), "--no-progress"]
-    driver = subprocess.Popen(cmd, env=head, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd, driver = _driver_until(head, tasks, config, out, 200, committed=n // 4)
     ledger = out / "ledger.jsonl"
-    stop = time.monotonic() + 180
-    while time.monotonic() < stop and (not ledger.exists() or _lines(ledger) < n // 4):
-        assert driver.poll() is None, "the driver ended before it could be killed"
-        time.sleep(0.05)
     with pytest.raises(UsageError, match=f"in use by a live driver: pid {driver.pid}"):
         OutLock.acquire(out, "selfheal-second")  # another driver's view (exit 2: test_runs.py)
     driver.send_signal(signal.SIGKILL)
@@ -132,14 +126,8 @@ def test_a_killed_drivers_pool_reaps_itself_after_the_orphan_timeout(
     config = tmp_path / "orphan.yaml"
     config.write_text("engine:\n  step_cost_s: 0.02\npool:\n  orphan_timeout_s: 5\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "scripts/run_batch.py"), "--engine", "scripted", "--tasks", str(tasks),
-           "--agents", "50", "--config", str(config), "--out", str(out), "--no-progress"]
-    driver = subprocess.Popen(cmd, env=head, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, driver = _driver_until(head, tasks, config, out, 50, committed=20)
     ledger = out / "ledger.jsonl"
-    stop = time.monotonic() + 180
-    while time.monotonic() < stop and (not ledger.exists() or _lines(ledger) < 20):
-        assert driver.poll() is None, "the driver ended before it could be killed"
-        time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     assert _lines(ledger) < 400
@@ -172,6 +160,21 @@ def _free_gpu(env: dict[str, str], deadline_s: float = 60) -> float:
                          timeout=deadline_s + 60)
     assert got.returncode == 0, got.stderr[-2000:]
     return float(got.stdout.strip().splitlines()[-1])
+
+
+def _driver_until(env: dict[str, str], tasks: Path, config: Path, out: Path, agents: int,
+                  committed: int) -> tuple[list[str], subprocess.Popen[bytes]]:
+    """A scripted driver run directly against the head, returned once `committed` results are
+    in its ledger (to be killed), with its command line (to run it again)."""
+    cmd = [sys.executable, str(REPO / "scripts/run_batch.py"), "--engine", "scripted", "--tasks", str(tasks),
+           "--agents", str(agents), "--config", str(config), "--out", str(out), "--no-progress"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = out / "ledger.jsonl"
+    stop = time.monotonic() + 180
+    while time.monotonic() < stop and (not ledger.exists() or _lines(ledger) < committed):
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        time.sleep(0.05)
+    return cmd, driver
 
 
 def _lines(path: Path) -> int:
