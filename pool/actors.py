@@ -19,6 +19,7 @@ from agents.config import Settings
 from agents.engines.factory import make_engine
 from agents.models import Task
 from pool.checkpoint import CheckpointStore
+from pool.deadletters import DeadLetterTable
 from pool.host import Carry, HostRuntime, MonitorUnavailable, Outcome
 from pool.metrics import MonitorMetrics
 from recovery.monitor import Monitor
@@ -94,8 +95,13 @@ class HostActor:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class MonitorActor:
-    def __init__(self, settings: Settings) -> None:
-        self.m = Monitor(settings.health, settings.recovery)
+    def __init__(self, settings: Settings, store_root: str | None = None) -> None:
+        # FAILED agents and dead letters live in the store's table: a restart reads them back
+        table = DeadLetterTable(Path(store_root)) if store_root else None
+        self.m = Monitor(settings.health, settings.recovery,
+                         journal=table.append if table else None)
+        if table:
+            self.m.replay(table.read())
         self.metrics = MonitorMetrics(settings.pool.namespace)
 
     def assess(

@@ -75,10 +75,10 @@ def _raw_id(line: bytes) -> Any:
 def check_ledger(out: Path, expected: Expected) -> Check:
     """Exactly one terminal record per input line, in the journal and in results.parquet: every
     task id of the file among them, nothing else but the fallback ids of rejected lines."""
-    journal = [json.loads(line)["task_id"] for line in _complete_lines(out / "ledger.jsonl")]
-    counts = Counter(journal)
+    counts, requeued, unreadable = _journal(out / "ledger.jsonl")
     figures: dict[str, Any] = {
-        "tasks": expected.lines, "records": len(journal),
+        "tasks": expected.lines, "records": sum(counts.values()), "requeued": requeued,
+        "unreadable": unreadable,
         "lost": max(len(expected.ids - counts.keys()), expected.lines - len(counts)),
         "unexpected": max(sum(1 for i in counts.keys() - expected.ids if not _FALLBACK.match(i)),
                           len(counts) - expected.lines),
@@ -91,10 +91,29 @@ def check_ledger(out: Path, expected: Expected) -> Check:
         figures["results_duplicates"] = sum(n - 1 for n in ids.values())
         figures["results_lost"] = max(len(expected.ids - ids.keys()), expected.lines - len(ids))
         figures["by_status"] = dict(Counter(r["status"] for r in rows))
-    bad = {k: v for k, v in figures.items() if k not in ("tasks", "records", "by_status") and v}
+    bad = {k: v for k, v in figures.items()
+           if k not in ("tasks", "records", "requeued", "by_status") and v}
     detail = (f"{figures['tasks']} tasks, {figures['records']} records, lost {figures['lost']}, "
               f"unexpected {figures['unexpected']}, duplicates {figures['duplicates']}")
     return Check("ledger", not bad, detail, figures)
+
+
+def _journal(path: Path) -> tuple[Counter[str], int, int]:
+    """Terminal records per task id (a `requeued` line sends a task back: its records so far
+    no longer count), the requeued lines, and lines that are neither."""
+    counts: Counter[str] = Counter()
+    requeued = unreadable = 0
+    for line in _complete_lines(path):
+        try:
+            rec = json.loads(line)
+            if "requeued" in rec:
+                counts.pop(rec["requeued"], None)
+                requeued += 1
+            else:
+                counts[rec["task_id"]] += 1
+        except (ValueError, TypeError, KeyError, RecursionError):
+            unreadable += 1
+    return counts, requeued, unreadable
 
 
 def _complete_lines(path: Path) -> list[bytes]:

@@ -258,30 +258,60 @@ def failed(address: str | None, namespace: str, run: str | None, as_json: bool) 
 
 
 @main.command(help="Release FAILED agents back to DORMANT (tier 3's human step): AGENT_ID... "
-                   "or --all. Their next tasks activate them again.")
+                   "or --all. With --out, on a run's files (no pool needed): each agent's failed "
+                   "tasks are requeued there, and the next `selfheal run --out OUT` runs them. "
+                   "Without it, in the live pool of --run: its next tasks activate it again.")
 @click.argument("agent_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Release every FAILED agent.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="The run's output folder: release there and requeue the failed tasks.")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
+              help="With --out: the run's checkpoint folder (default OUT/checkpoints).")
 @_ADDRESS
 @_NAMESPACE
 @_RUN
-def retry(agent_ids: tuple[str, ...], every: bool, address: str | None, namespace: str,
-          run: str | None) -> None:
+def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_dir: Path | None,
+          address: str | None, namespace: str, run: str | None) -> None:
+    def go() -> None:
+        if bool(agent_ids) == every:
+            raise UsageError("give AGENT_ID... or --all (not both)")
+        if out is None:
+            _retry_live(agent_ids, address, namespace, run)
+        else:
+            _retry_out(agent_ids, out, checkpoint_dir)
+
+    _guard(go)
+
+
+def _retry_out(agent_ids: tuple[str, ...], out: Path, checkpoint_dir: Path | None) -> None:
+    from pool.requeue import retry_offline
+
+    root = checkpoint_dir or Path("checkpoints")
+    done = retry_offline(out, root if root.is_absolute() else out / root, list(agent_ids) or None)
+    for r in done:
+        click.echo(r.line(out))
+    if not agent_ids and not done:
+        click.echo(f"no FAILED agent in {out}")
+    if agent_ids and not all(r.released or r.requeued for r in done):
+        sys.exit(1)
+
+
+def _retry_live(agent_ids: tuple[str, ...], address: str | None, namespace: str,
+                run: str | None) -> None:
     import ray
 
     from pool import ops
 
-    def go() -> None:
-        if bool(agent_ids) == every:
-            raise UsageError("give AGENT_ID... or --all (not both)")
-        manager, _ = ops.attach(address, namespace, run)
-        ids = list(agent_ids) or [a["agent_id"] for a in ray.get(manager.failed.remote())["agents"]]
-        done = ray.get([manager.release.remote(a) for a in ids], timeout=60)
-        for agent_id, ok in zip(ids, done, strict=True):
-            click.echo(f"{agent_id}: {'released to DORMANT' if ok else 'not FAILED (unchanged)'}")
-        if agent_ids and not all(done):
-            sys.exit(1)
-
-    _guard(go)
+    manager, _ = ops.attach(address, namespace, run)
+    ids = list(agent_ids) or [a["agent_id"] for a in ray.get(manager.failed.remote())["agents"]]
+    done = ray.get([manager.release.remote(a) for a in ids], timeout=60)
+    for agent_id, ok in zip(ids, done, strict=True):
+        click.echo(f"{agent_id}: {'released to DORMANT' if ok else 'not FAILED (unchanged)'}")
+    if any(done):
+        click.echo("their failed tasks stay failed in the run's ledger: `selfheal retry AGENT "
+                   "--out OUT` requeues them for the next `selfheal run --out OUT`", err=True)
+    if agent_ids and not all(done):
+        sys.exit(1)
 
 
 @main.command(help="Give the pool's GPUs back: each engine sleeps where it can (vLLM on CUDA), "

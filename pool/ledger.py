@@ -2,7 +2,9 @@
 
 An append-only JSONL journal, flushed and fsynced after each batch of records. A record counts as
 committed once its line is complete on disk. Reading keeps the first record of a task id, so a
-duplicate can never reach the results.
+duplicate can never reach the results. A `requeued` line (`selfheal retry --out`: a person sent
+a failed task back) makes reading forget the task's earlier record, so the next run with this
+`--out` runs it again and its new record counts.
 
 Reading never gives up a committed record. A torn last line (the driver killed mid-write: no
 newline, not a record) is cut and its task simply runs again. Any other line that is not a record
@@ -13,6 +15,7 @@ before and after it stays committed. `quarantined` and `notice` say what was set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,12 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.models import TaskResult
+from agents.models import TaskResult, TaskStatus
 from pool.private import fsync_dir, open_private, write_private
 
 log = structlog.get_logger(__name__)
+
+
+class Requeued(BaseModel):
+    """A ledger line that sends a task back: its earlier terminal record no longer counts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requeued: str = Field(description="Id of the task the next run runs again.")
+    agent_id: str = Field(description="The task's agent.")
+    reason: str = Field("", description="Why, for a person reading the ledger.")
+    ts: float = Field(description="When (Unix time).")
 
 
 class TaskLedger:
@@ -66,8 +80,11 @@ class TaskLedger:
         if bad or tail:  # new lines must start clean, and bad ones not be read again
             write_private(self.path, b"".join(good))
 
-    def _fold(self, rec: TaskResult) -> None:
-        self.records.setdefault(rec.task_id, rec)
+    def _fold(self, rec: TaskResult | Requeued) -> None:
+        if isinstance(rec, Requeued):
+            self.records.pop(rec.requeued, None)
+        else:
+            self.records.setdefault(rec.task_id, rec)
 
     def _set_aside(self, bad: list[dict[str, Any]]) -> None:
         """Append the bad lines to the quarantine file, durably, before the ledger loses them."""
@@ -99,12 +116,27 @@ class TaskLedger:
             if r.task_id not in self.records:
                 self.records[r.task_id] = r
                 new.append(r)
-        if not new:
-            return []
-        self._fh.write(b"".join(r.model_dump_json().encode() + b"\n" for r in new))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._write([r.model_dump_json().encode() + b"\n" for r in new])
         return new
+
+    def _write(self, lines: list[bytes]) -> None:
+        if lines:
+            self._fh.write(b"".join(lines))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def failed_of(self, agent_id: str) -> list[str]:
+        """Ids of the agent's tasks whose committed record is FAILED."""
+        return [t for t, r in self.records.items()
+                if r.agent_id == agent_id and r.status is TaskStatus.FAILED]
+
+    def requeue(self, task_ids: Iterable[str], reason: str) -> list[str]:
+        """Send recorded tasks back to the next run (durably); returns those that had a record."""
+        gone = [self.records.pop(t) for t in dict.fromkeys(task_ids) if t in self.records]
+        lines = [Requeued(requeued=r.task_id, agent_id=r.agent_id, reason=reason, ts=time.time())
+                 for r in gone]
+        self._write([line.model_dump_json().encode() + b"\n" for line in lines])
+        return [r.task_id for r in gone]
 
     def rows(self) -> list[dict[str, Any]]:
         return [r.model_dump(mode="json") for r in self.records.values()]
@@ -113,10 +145,13 @@ class TaskLedger:
         self._fh.close()
 
 
-def _parse(line: bytes) -> TaskResult:
+def _parse(line: bytes) -> TaskResult | Requeued:
     try:
         return TaskResult.model_validate_json(line)
     except ValidationError as exc:
+        if b'"requeued"' in line:
+            with contextlib.suppress(ValidationError):
+                return Requeued.model_validate_json(line)
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ValueError(f"{where}: {err['msg']}" if where else err["msg"]) from None

@@ -84,7 +84,7 @@ class PoolManager(VramControl, Queries):
             name=MONITOR_NAME, namespace=self.cfg.namespace, lifetime="detached",
             get_if_exists=True, scheduling_strategy=NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False),  # beside the manager
-        ).remote(settings)
+        ).remote(settings, store_root)  # its dead-letter table lives in the store
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []  # held: the loop keeps weak references

@@ -3,7 +3,9 @@
 For each outcome it fills in the peers' and the agent's own earlier answers to the same prompt
 (consistency), scores it, and asks the policy for a decision with the agent's supervision
 history, which it keeps. FAILED agents and dead-lettered tasks are kept with their reasons until
-a person releases them. The Ray actor in `pool/actors.py` only wraps this class.
+a person releases them; each such fact (and each release) also goes to `journal`, which the Ray
+actor in `pool/actors.py` points at the store's dead-letter table (`pool.deadletters`), and a new
+monitor `replay`s that table, so a restart loses none of them. The actor only wraps this class.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ class Monitor:
         health: HealthConfig,
         recovery: RecoveryConfig,
         clock: Callable[[], float] = time.time,
+        journal: Callable[[list[dict[str, Any]]], object] | None = None,
     ) -> None:
         self.health = health
         self.recovery = recovery
         self.clock = clock
+        self.journal = journal  # keeps dead letters, failures and releases (durably, at the edge)
         self.events = EventSink("health-monitor")
         self.histories: dict[str, History] = {}
         self.tasks: dict[tuple[str, str], History] = {}  # open tasks' attempts, until terminal
@@ -90,23 +94,56 @@ class Monitor:
                  "action": decision.action.value, "tier": int(decision.tier), "ts": self.clock()}
         self.reports.setdefault(agent_id, deque(maxlen=_REPORTS_PER_AGENT)).append(entry)
         if decision.action in (Action.FAIL_TASK, Action.FAIL_AGENT):
-            self.dead_letters.append({"agent_id": agent_id, "reason": decision.reason, **entry})
+            letter = {"agent_id": agent_id, "reason": decision.reason, **entry}
+            self.dead_letters.append(letter)
+            self._keep({"kind": "dead_letter", **letter})
             self.events.emit("recovery.dead_lettered", agent_id=agent_id, task_id=task_id,
                              reason=decision.reason)
         if decision.action is Action.FAIL_AGENT:
-            self.failed[agent_id] = decision.reason
-            self.events.emit("agent.failed", agent_id=agent_id, reason=decision.reason)
+            self.mark_failed(agent_id, decision.reason)
 
     def release(self, agent_id: str) -> bool:
-        """A person released the agent: forget its failure and its supervision history."""
+        """A person released the agent: forget its failure, its dead letters and its supervision
+        history."""
         self.histories.pop(agent_id, None)
+        self.dead_letters = [d for d in self.dead_letters if d["agent_id"] != agent_id]
+        self._keep({"kind": "released", "agent_id": agent_id, "ts": self.clock()})
         return self.failed.pop(agent_id, None) is not None
 
     def mark_failed(self, agent_id: str, reason: str) -> None:
         self.failed[agent_id] = reason
+        self._keep({"kind": "agent_failed", "agent_id": agent_id, "reason": reason,
+                    "ts": self.clock()})
         self.events.emit("agent.failed", agent_id=agent_id, reason=reason)
+
+    def replay(self, rows: list[dict[str, Any]]) -> None:
+        """Take back the failures and dead letters a journal kept (a restart, a new run)."""
+        self.failed, self.dead_letters = fold_letters(rows)
+
+    def _keep(self, row: dict[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal([row])
 
     def inspect(self, agent_id: str) -> dict[str, Any]:
         history = self.histories.get(agent_id, History())
         return {"failed": self.failed.get(agent_id), "restarts": len(history.restarts),
                 "floor": int(history.floor), "reports": list(self.reports.get(agent_id, ()))}
+
+
+def fold_letters(rows: list[dict[str, Any]]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """FAILED agents (id -> reason) and dead letters from a journal's rows, in order: a release
+    drops the agent's earlier rows. Rows of an unknown kind (a newer version's) are skipped."""
+    failed: dict[str, str] = {}
+    letters: list[dict[str, Any]] = []
+    for row in rows:
+        kind, agent_id = row.get("kind"), row.get("agent_id")
+        if not isinstance(agent_id, str):
+            continue
+        if kind == "dead_letter":
+            letters.append({k: v for k, v in row.items() if k != "kind"})
+        elif kind == "agent_failed":
+            failed[agent_id] = str(row.get("reason", ""))
+        elif kind == "released":
+            failed.pop(agent_id, None)
+            letters = [d for d in letters if d["agent_id"] != agent_id]
+    return failed, letters

@@ -95,3 +95,84 @@ def test_the_first_record_of_a_task_wins(tmp_path: Path) -> None:
     ledger = TaskLedger(path)
     assert ledger.records["t1"].status is TaskStatus.SUCCEEDED and len(ledger) == 1
     ledger.close()
+
+
+# ---- requeue: a person sends failed tasks back to the next run --------------------------------
+
+
+def test_a_requeued_task_is_forgotten_and_its_rerun_committed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = TaskLedger(path)
+    ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2"), _rec("t3", TaskStatus.FAILED),
+                   _rec("t4", TaskStatus.FAILED, agent_id="b")])
+    assert ledger.failed_of("a") == ["t1", "t3"]
+    assert ledger.requeue(["t1", "t3", "t9"], reason="agent a released") == ["t1", "t3"]
+    assert "t1" not in ledger and "t3" not in ledger and "t2" in ledger
+    ledger.close()
+    again = TaskLedger(path)  # the next run: it runs t1 and t3 again
+    assert sorted(again.records) == ["t2", "t4"] and again.quarantined == 0
+    again.append([_rec("t1"), _rec("t3", TaskStatus.FAILED)])
+    again.close()
+    last = TaskLedger(path)
+    assert last.records["t1"].status is TaskStatus.SUCCEEDED
+    assert last.records["t3"].status is TaskStatus.FAILED and len(last) == 4
+    last.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["requeued"] for r in lines if "requeued" in r] == ["t1", "t3"]
+    assert all(r["reason"] == "agent a released" for r in lines if "requeued" in r)
+
+
+def test_check_ledger_counts_a_rerun_after_a_requeue_once(tmp_path: Path) -> None:
+    from pool.checks import Expected, check_ledger
+
+    ledger = TaskLedger(tmp_path / "ledger.jsonl")
+    ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2")])
+    ledger.requeue(["t1"], reason="retry")
+    ledger.append([_rec("t1")])
+    ledger.close()
+    check = check_ledger(tmp_path, Expected(frozenset({"t1", "t2"}), 2))
+    assert check.ok and check.figures["duplicates"] == 0 and check.figures["requeued"] == 1
+
+
+def test_selfheal_retry_out_releases_the_agent_and_requeues_its_failed_tasks(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from agents.models import AgentRecord, AgentSpec
+    from agents.state import AgentState
+    from pool.checkpoint import CheckpointStore
+    from pool.cli import main
+    from pool.deadletters import DeadLetterTable
+
+    out = tmp_path / "out"
+    store = CheckpointStore(out / "checkpoints")
+    failed = AgentRecord(spec=AgentSpec(agent_id="a"), state=AgentState.FAILED,
+                         failed_reason="its Host died 3 times")
+    store.write(failed, epoch=6)
+    store.write(AgentRecord(spec=AgentSpec(agent_id="b")), epoch=1)
+    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2"), _rec("t3", TaskStatus.FAILED),
+                   _rec("t4", TaskStatus.FAILED, agent_id="b")])
+    ledger.close()
+    table = DeadLetterTable(store.root)
+    table.append([{"kind": "dead_letter", "agent_id": "a", "task_id": "t1", "reason": "x"},
+                  {"kind": "agent_failed", "agent_id": "a", "reason": "its Host died 3 times"}])
+
+    got = CliRunner().invoke(main, ["retry", "a", "--out", str(out)])
+    assert got.exit_code == 0, got.output
+    assert "a: released to DORMANT; 2 failed tasks requeued" in got.output
+    record, entry = store.read("a")
+    assert record.state is AgentState.DORMANT and record.failed_reason is None
+    assert entry.epoch > 6
+    rerun = TaskLedger(out / "ledger.jsonl")  # what the next `selfheal run --out` skips
+    assert sorted(rerun.records) == ["t2", "t4"]
+    rerun.close()
+    assert [r["kind"] for r in table.read()][-1] == "released"
+
+    again = CliRunner().invoke(main, ["retry", "a", "--out", str(out)])
+    assert again.exit_code == 1 and "a: not FAILED (unchanged); no failed tasks" in again.output
+    everyone = CliRunner().invoke(main, ["retry", "--all", "--out", str(out)])
+    assert everyone.exit_code == 0 and "no FAILED agent" in everyone.output
+    missing = CliRunner().invoke(main, ["retry", "a", "--out", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no ledger.jsonl" in missing.output

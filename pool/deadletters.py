@@ -1,0 +1,83 @@
+"""The dead-letter table: failed tasks and agents, kept in the checkpoint store across restarts.
+
+An append-only JSONL file, `dead_letters.jsonl` at the store's root, each append flushed and
+fsynced. Rows are facts in order (`recovery.monitor.fold_letters` reads them): a task
+dead-lettered (`dead_letter`), an agent failed (`agent_failed`), an agent released by a person
+(`released`, which drops its earlier rows). The HealthMonitor appends as it decides and reads the
+table back when it starts, so a restarted monitor, or the next run's, still lists them for
+`selfheal failed`; `selfheal retry --out` appends the release itself. A torn last line (a writer
+killed mid-write) is skipped; a read or write that fails is reported and never stops the monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from pool.private import fsync_dir, open_private, private_dir
+
+NAME: Final = "dead_letters.jsonl"
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetterTable:
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / NAME
+
+    def append(self, rows: list[dict[str, Any]]) -> bool:
+        """Append `rows` durably; False (and an event) when the disk refused them."""
+        if not rows:
+            return True
+        try:
+            private_dir(self.path.parent)
+            new = not self.path.exists()
+            with open_private(self.path, "ab") as fh:
+                if not new and _torn(fh.name):  # a killed writer's partial line: start afresh
+                    fh.write(b"\n")
+                fh.write(b"".join(json.dumps(r, default=str).encode() + b"\n" for r in rows))
+                fh.flush()
+                os.fsync(fh.fileno())
+            if new:
+                fsync_dir(self.path.parent)
+        except OSError as exc:
+            log.warning("dead_letters.write_failed", path=str(self.path), rows=len(rows),
+                        error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every row in order; [] when there is no table (yet)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:  # the monitor starts without them rather than not at all
+            log.warning("dead_letters.read_failed", path=str(self.path),
+                        error=f"{type(exc).__name__}: {exc}")
+            return []
+        *lines, _ = data.split(b"\n")  # the last piece: b"", or a line torn by a killed writer
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif line:  # a torn line a later append wrote past: skipped, said once
+                log.warning("dead_letters.bad_line", path=str(self.path), line=number)
+        return rows
+
+
+def _torn(path: str) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"

@@ -1,0 +1,108 @@
+"""`selfheal retry --out`: release FAILED agents and send their failed tasks back to the next run.
+
+It works on a run's files, with no pool running (a finished run's pool is gone): the agent's
+checkpoint is committed again as DORMANT under an epoch above its fence, each of its FAILED task
+records gets a `requeued` line in `OUT/ledger.jsonl` (the next `selfheal run --out OUT` runs
+them again), and the store's dead-letter table records the release. The `--out` folder's lock is
+held meanwhile: a folder a live driver writes is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.errors import UsageError
+from agents.state import AgentState
+from pool.checkpoint import CheckpointStore
+from pool.deadletters import DeadLetterTable
+from pool.ledger import TaskLedger
+from pool.runs import LOCK_NAME, check_out_folder
+from recovery.monitor import fold_letters
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What `retry` did for one agent."""
+
+    agent_id: str
+    released: bool  # its checkpoint was FAILED and is DORMANT now
+    requeued: int  # failed tasks sent back to the next run
+    known: bool  # the store has a checkpoint of it
+
+    def line(self, out: Path) -> str:
+        head = "released to DORMANT" if self.released else (
+            "not FAILED (unchanged)" if self.known else "unknown agent")
+        tasks = (f"{self.requeued} failed task{'s' if self.requeued > 1 else ''} requeued in "
+                 f"{out} (the next `selfheal run --out {out}` runs them)" if self.requeued
+                 else "no failed tasks")
+        return f"{self.agent_id}: {head}; {tasks}"
+
+
+def retry_offline(out: Path, store_root: Path, agent_ids: list[str] | None) -> list[Retried]:
+    """Release `agent_ids` (None: every FAILED agent the run knows of) and requeue their
+    failed tasks; see the module docstring."""
+    if not (out / "ledger.jsonl").is_file():
+        raise UsageError(f"{out}: no ledger.jsonl (not the --out of a run)")
+    check_out_folder(out)
+    store, table = CheckpointStore(store_root), DeadLetterTable(store_root)
+    with _holding(out):
+        ledger = TaskLedger(out / "ledger.jsonl")
+        try:
+            ids = agent_ids if agent_ids is not None else _failed_agents(store, table, ledger)
+            return [_retry_one(store, table, ledger, a) for a in ids]
+        finally:
+            ledger.close()
+
+
+def _retry_one(store: CheckpointStore, table: DeadLetterTable, ledger: TaskLedger,
+               agent_id: str) -> Retried:
+    known = store.exists(agent_id)
+    released = known and _release(store, agent_id)
+    requeued = ledger.requeue(ledger.failed_of(agent_id), reason=f"selfheal retry {agent_id}")
+    if released or requeued:
+        table.append([{"kind": "released", "agent_id": agent_id, "ts": time.time(),
+                       "requeued": len(requeued)}])
+    return Retried(agent_id, released, len(requeued), known)
+
+
+def _release(store: CheckpointStore, agent_id: str) -> bool:
+    record, _ = store.read(agent_id)
+    if record.state is not AgentState.FAILED:
+        return False
+    fixed = record.model_copy(update={"state": AgentState.DORMANT, "failed_reason": None})
+    store.write(fixed, store.next_epoch(agent_id))
+    return True
+
+
+def _failed_agents(store: CheckpointStore, table: DeadLetterTable, ledger: TaskLedger) -> list[str]:
+    """Agents whose checkpoint is FAILED, among those the run's ledger and table name."""
+    failed, _ = fold_letters(table.read())
+    named = {r.agent_id for r in ledger.records.values()} | failed.keys()
+    return [a for a in sorted(named) if store.exists(a) and _is_failed(store, a)]
+
+
+def _is_failed(store: CheckpointStore, agent_id: str) -> bool:
+    return store.read(agent_id)[0].state is AgentState.FAILED
+
+
+@contextlib.contextmanager
+def _holding(out: Path) -> Iterator[None]:
+    """The `--out` folder's lock (`pool.runs`), taken without writing a holder into it: the
+    file keeps naming the last driver, whose pool the next driver may have to take down."""
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            who = os.read(fd, 4096).decode(errors="replace").strip() or "another driver"
+            raise UsageError(f"{out} is in use by a live driver ({who}): retry when it ends, or "
+                             f"`selfheal retry --run RUN AGENT` in its pool") from None
+        yield
+    finally:
+        os.close(fd)
