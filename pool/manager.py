@@ -36,11 +36,13 @@ from pool.actors import MONITOR_NAME, MonitorActor
 from pool.budget import Demand, Ledger, Resident, plan
 from pool.checkpoint import CheckpointStore
 from pool.deaths import count_deaths, forget
+from pool.gate import start_gate
 from pool.host import Carry, Outcome
 from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
 from pool.queries import Queries
 from pool.registry import Registry
+from pool.runs import split_namespace
 from pool.slots import HOST_GONE, Slot, as_future, cause, create_hosts, place_on_gpus
 from pool.vram import VramControl
 
@@ -96,8 +98,14 @@ class PoolManager(VramControl, Queries):
     # -- setup ----------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
         if not self.slots:
-            self.slots, self.ledger = create_hosts(self.settings, self.store_root)
-            infos = await asyncio.gather(*(s.handle.info.remote() for s in self.slots))
+            ns = self.cfg.namespace
+            gate = start_gate(split_namespace(ns)[0])  # one pool creates its Hosts at a time
+            await gate.acquire.remote(ns)
+            try:
+                self.slots, self.ledger = create_hosts(self.settings, self.store_root)
+                infos = await asyncio.gather(*(s.handle.info.remote() for s in self.slots))
+            finally:
+                gate.release.remote(ns)
             place_on_gpus(self.slots, infos)
             self.events.emit("pool.started", hosts=len(self.slots), gpus=self.ledger.num_gpus,
                              nodes=len({i["node"] for i in infos}))

@@ -97,3 +97,19 @@ def test_address_auto_means_the_cluster_ray_start_started(monkeypatch: pytest.Mo
     monkeypatch.setattr(ops, "_current_cluster", lambda: "127.0.0.1:9")
     with pytest.raises(UsageError, match=r"no Ray cluster is running at 127\.0\.0\.1:9$"):
         ops.connect("auto")  # before: "no Ray cluster is running at auto"
+
+
+def test_the_start_gate_lets_one_pool_create_its_hosts_at_a_time() -> None:
+    from pool.gate import GateState
+
+    live = {"selfheal-a", "selfheal-b", "selfheal-c"}
+    gate = GateState(lambda ns: ns in live)
+    assert gate.try_take("selfheal-a")
+    assert gate.try_take("selfheal-a")  # a restarted manager of the holder passes
+    assert not gate.try_take("selfheal-b")
+    gate.release("selfheal-b")  # not the holder: nothing changes
+    assert not gate.try_take("selfheal-c")
+    gate.release("selfheal-a")
+    assert gate.try_take("selfheal-b") and not gate.try_take("selfheal-c")
+    live.discard("selfheal-b")  # killed mid-start: its gate is free
+    assert gate.try_take("selfheal-c")
