@@ -33,6 +33,7 @@ from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.inputs import generated_agents, load_agents, read_tasks
 from pool.ledger import TaskLedger, write_jsonl
 from pool.manager import PoolManager
+from pool.private import open_private, write_private
 from pool.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
 from pool.slots import memory_plan
 from pool.summary import summarise
@@ -134,6 +135,8 @@ def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, An
     todo = [t for t in tasks if t.task_id not in ledger]
     store_root = _store_root(opts)
     console = Console(stderr=True)
+    if ledger.notice:  # bad ledger lines were set aside: every valid record is kept
+        console.print(f"[yellow]{ledger.notice}[/]")
     console.print(f"[bold]selfheal[/] {len(tasks) + len(rejected)} tasks "
                   f"({len(todo)} to run, {len(ledger)} already committed), {len(specs)} agents, "
                   f"engine {opts.settings.engine.kind.value}, pool {opts.settings.pool.namespace}")
@@ -144,7 +147,7 @@ def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, An
     events = _read_events(opts.out / "events.jsonl")
     summary = summarise(rows, events, time.perf_counter() - started)
     _write_results(opts.out, rows)
-    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_private(opts.out / "summary.json", json.dumps(summary, indent=2).encode())
     console.print(summary_table(summary))
     return summary
 
@@ -299,7 +302,8 @@ def graded(rows: list[dict[str, Any]], tasks: list[Task]) -> list[dict[str, Any]
 def _write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     tmp = out / "results.parquet.tmp"
-    pq.write_table(table, tmp)
+    with open_private(tmp, "wb") as fh:  # agents' answers: owner-only
+        pq.write_table(table, fh)
     tmp.replace(out / "results.parquet")
 
 

@@ -40,6 +40,7 @@ from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageErro
 from agents.models import AgentId, AgentRecord
 from pool import manifest as mf
 from pool.manifest import MANIFEST, Manifest, ManifestEntry
+from pool.private import DIR_MODE, FILE_MODE, fsync_dir, open_private, private_dir, write_all
 
 __all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
 
@@ -67,7 +68,7 @@ class CheckpointStore:
     def put_meta(self, name: str, data: bytes) -> None:
         """A pool-level file at the root (not an agent's: a pause, say), as durable as a commit."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
             self._write_durably(self.root / name, data)
         except OSError as exc:
             raise _storage_error(f"cannot write {name}", exc) from exc
@@ -99,7 +100,7 @@ class CheckpointStore:
                 folder = self._folder(agent_id)
                 if (folder / MANIFEST).exists():
                     continue
-                folder.mkdir(parents=True, exist_ok=True)
+                private_dir(folder)
                 staged.append((folder, self._stage_initial(folder, agent_id, encode(record))))
             if not staged:
                 return 0
@@ -116,8 +117,8 @@ class CheckpointStore:
         entry = mf.entry_for(agent_id, 1, 0, data)
         tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
         with _locked(folder):
-            (folder / entry.file).write_bytes(data)
-            tmp.write_bytes(mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
+            _write_private(folder / entry.file, data)
+            _write_private(tmp, mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
         return tmp
 
     @staticmethod
@@ -164,9 +165,9 @@ class CheckpointStore:
     def _write_durably(self, path: Path, data: bytes, hooks: bool = False) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 if hooks:
                     self._step("temp_written")
                 os.fsync(fd)
@@ -179,7 +180,7 @@ class CheckpointStore:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def _save_manifest(self, folder: Path, manifest: Manifest) -> None:
         self._write_durably(folder / MANIFEST, mf.to_json(manifest))
@@ -321,7 +322,7 @@ class CheckpointStore:
         target = self._quarantine_folder(agent_id)
         name = f"{MANIFEST}.{time.time_ns()}"
         self._write_durably(target / name, raw)  # copied, not moved: a crash leaves it in place
-        (target / f"{name}.reason.json").write_text(json.dumps({"reason": why}, indent=1) + "\n")
+        _write_private(target / f"{name}.reason.json", _note({"reason": why}))
         found, corrupt = [], []
         for file in sorted(os.listdir(folder)):
             version = mf.version_of(file)
@@ -375,9 +376,7 @@ class CheckpointStore:
         log.warning("checkpoint.agent_quarantined", agent_id=agent_id, reason=reason)
 
     def _quarantine_folder(self, agent_id: str) -> Path:
-        target = self.root / "quarantine" / agent_id
-        target.mkdir(parents=True, exist_ok=True)
-        return target
+        return private_dir(self.root / "quarantine" / agent_id)
 
     def _quarantine_file(self, folder: Path, entry: ManifestEntry, reason: str) -> None:
         target = self._quarantine_folder(entry.agent_id)
@@ -388,8 +387,8 @@ class CheckpointStore:
         except FileNotFoundError:
             moved = False
         note = {"reason": reason, "moved": moved, **mf.as_dict(entry)}
-        (target / f"{name}.reason.json").write_text(json.dumps(note, indent=1) + "\n")
-        _fsync_dir(target)
+        _write_private(target / f"{name}.reason.json", _note(note))
+        fsync_dir(target)
         log.warning(
             "checkpoint.quarantined", agent_id=entry.agent_id, version=entry.version, reason=reason
         )
@@ -414,14 +413,14 @@ class CheckpointStore:
             folder = folder.parent
         for path in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                path.mkdir()
-            _fsync_dir(path.parent)  # the new folder's name must survive a crash too
+                path.mkdir(mode=DIR_MODE)
+            fsync_dir(path.parent)  # the new folder's name must survive a crash too
 
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Exclusive flock on the agent's lock file: one holder at a time, across processes."""
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -429,18 +428,14 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_private(path: Path, data: bytes) -> None:
+    """A small file, owner-only, not fsynced (the caller makes it durable)."""
+    with open_private(path, "wb") as fh:
+        fh.write(data)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _note(doc: dict[str, object]) -> bytes:
+    return (json.dumps(doc, indent=1) + "\n").encode()
 
 
 def _remove_temps(folder: Path) -> None:
