@@ -434,7 +434,8 @@ for i in range(count):
 def spawn(root: Path, step: str = "-", epoch: int = 1, count: int = 1) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-c", CHILD, str(root), step, str(epoch), str(count)]
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -458,8 +459,12 @@ def test_kill_9_at_each_step(store: CheckpointStore, step: str) -> None:
 def test_two_processes_epoch_fencing(store: CheckpointStore) -> None:
     store.write(make(), epoch=0)
     old, new = spawn(store.root, epoch=1, count=30), spawn(store.root, epoch=2, count=30)
-    outs = {1: old.communicate(timeout=120)[0], 2: new.communicate(timeout=120)[0]}
-    assert old.returncode == new.returncode == 0
+    (out1, err1), (out2, err2) = old.communicate(timeout=120), new.communicate(timeout=120)
+    outs = {1: out1, 2: out2}
+    # A child imports the working tree when it starts: say why it died (a module another
+    # engineer was editing, say), not only that it did.
+    assert old.returncode == new.returncode == 0, (old.returncode, err1[-2000:], new.returncode,
+                                                   err2[-2000:])
     oks = {
         e: [line.split() for line in out.splitlines() if line.startswith("ok")]
         for e, out in outs.items()
@@ -471,7 +476,8 @@ def test_two_processes_epoch_fencing(store: CheckpointStore) -> None:
     versions = [int(v) for _, v, _ in oks[1] + oks[2]]
     assert len(set(versions)) == len(versions) == len(oks[1]) + 30
     late = spawn(store.root, epoch=1)
-    assert late.communicate(timeout=60)[0].strip() == "stale"
+    out, err = late.communicate(timeout=60)
+    assert out.strip() == "stale", (out, err[-2000:])
     assert store.latest(AID).epoch == 2  # type: ignore[union-attr]
     assert store.read(AID)[0].tasks_done == 229
 
