@@ -28,22 +28,24 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agents.config import Settings
-from agents.errors import FaultClass, StaleEpoch, StorageError
+from agents.errors import FaultClass, StorageError
 from agents.events import EventSink
-from agents.models import AgentRecord, AgentSpec, Task, TaskResult, TaskStatus
+from agents.models import AgentSpec, Task, TaskResult, TaskStatus
 from agents.state import AgentState
 from pool.actors import MONITOR_NAME, MonitorActor
+from pool.agent_table import AgentTable, committed_or_initial, initial_bytes
 from pool.budget import Demand, Ledger, Resident, plan
 from pool.checkpoint import CheckpointStore
 from pool.deaths import count_deaths, forget
 from pool.gate import start_gate
 from pool.host import Carry, Outcome
+from pool.hosts import Done, Failed, Gone, Stalled
 from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
 from pool.queries import Queries
 from pool.registry import Registry
 from pool.runs import split_namespace
-from pool.slots import HOST_GONE, Slot, as_future, cause, create_hosts, place_on_gpus
+from pool.slots import Slot, create_hosts, locate, place_on_gpus
 from pool.vram import VramControl
 
 Item = tuple[Task, Carry | None]
@@ -69,6 +71,8 @@ class PoolManager(VramControl, Queries):
         self.store = CheckpointStore(Path(store_root), keep=self.cfg.keep_versions)
         self.store_root = store_root
         self.registry = Registry()
+        self.table = AgentTable(Path(store_root))  # registered agents, durable; read back here
+        self.registry.add_rows(self.table.load())
         self.queues: dict[str, deque[Item]] = {}
         self.slots: list[Slot] = []
         self.ledger = Ledger.from_config(self.cfg)
@@ -103,7 +107,7 @@ class PoolManager(VramControl, Queries):
             await gate.acquire.remote(ns)
             try:
                 self.slots, self.ledger = create_hosts(self.settings, self.store_root)
-                infos = await asyncio.gather(*(s.handle.info.remote() for s in self.slots))
+                infos = await locate(self.slots)
             finally:
                 gate.release.remote(ns)
             place_on_gpus(self.slots, infos)
@@ -120,12 +124,11 @@ class PoolManager(VramControl, Queries):
         return {"hosts": len(self.slots), "gpus": self.ledger.num_gpus}
 
     async def register(self, specs: list[AgentSpec]) -> int:
-        """Add agents; new ones get an initial durable checkpoint. Returns how many were new."""
-        fresh = {s.agent_id: s for s in specs if s.agent_id not in self.registry}
-        records = [AgentRecord(spec=s) for s in fresh.values()]
-        new = await asyncio.to_thread(self.store.write_initial_many, records)  # one sync per call
-        for spec in fresh.values():
-            self.registry.add(spec.agent_id, spec.priority)
+        """Add agents: one durable file of rows in the agent table per call, no checkpoint (the
+        first is written when the agent is first committed). Returns how many were new."""
+        rows = self.registry.new_rows(specs)
+        await asyncio.to_thread(self.table.append, rows)  # durable before the agents exist
+        new = self.registry.add_rows(rows)
         self.events.emit("pool.registered", agents=len(self.registry), new=new)
         return new
 
@@ -225,28 +228,20 @@ class PoolManager(VramControl, Queries):
         assert agent_id is not None
         slot.busy, kept = True, False
         pressed = self.ledger.over_limit(self._residents_on(slot.gpu), slot.gpu)
-        late = as_future(slot.handle.park.remote())
-        if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
-            self._spawn_stalled(slot, agent_id, late, "park")
+        reply = await slot.host.park()
+        if isinstance(reply, Stalled):
+            self._spawn_stalled(slot, agent_id, reply, "park")
             return
         try:
-            blob = late.result()
-            if pressed:  # the GPU's reading stands until the next says this memory is free
-                extra = self.ledger.extra(slot.gpu) + self.ledger.footprint(slot.kv_tokens)
-                self.ledger = self.ledger.with_extra(slot.gpu, extra)
-            entry = self.registry.get(agent_id)
-            entry.hot = ray.put(blob)
-            entry.host = None
-            self.registry.set_state(agent_id, AgentState.DORMANT)
-            self.events.emit("pool.parked", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
-                             why=why or "room for another agent")
-            self.metrics.count("parks")
-        except HOST_GONE:
-            self._host_lost(slot, [])
-        except RayError as exc:  # a full disk, say: the agent stays resident, its last commit intact
-            self.events.emit("pool.park_failed", agent_id=agent_id, host=slot.host_id,
-                             reason=cause(exc))
-            kept = True
+            match reply:
+                case Done(value=blob):
+                    self._parked(slot, agent_id, blob, pressed, why)
+                case Gone():
+                    self._host_lost(slot, [])
+                case Failed(error=error):  # a full disk, say: it stays resident, its commit intact
+                    self.events.emit("pool.park_failed", agent_id=agent_id, host=slot.host_id,
+                                     reason=error)
+                    kept = True
         finally:
             slot.agent = None if slot.agent == agent_id and not kept else slot.agent
             slot.busy = False
@@ -257,33 +252,50 @@ class PoolManager(VramControl, Queries):
             self.registry.want(agent_id)
         self._wake.set()  # a freed slot or a migrating agent: schedule again
 
+    def _parked(self, slot: Slot, agent_id: str, blob: bytes, pressed: bool, why: str) -> None:
+        if pressed:  # the GPU's reading stands until the next says this memory is free
+            extra = self.ledger.extra(slot.gpu) + self.ledger.footprint(slot.kv_tokens)
+            self.ledger = self.ledger.with_extra(slot.gpu, extra)
+        entry = self.registry.get(agent_id)
+        entry.hot = ray.put(blob)
+        entry.host = None
+        self.registry.set_state(agent_id, AgentState.DORMANT)
+        self.events.emit("pool.parked", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
+                         why=why or "room for another agent")
+        self.metrics.count("parks")
+
     async def _activate(self, slot: Slot, agent_id: str, started: float) -> None:
         """Bind `agent_id` on `slot`, reserved for it at `started` (perf_counter)."""
         entry = self.registry.get(agent_id)
         entry.epoch = self.store.next_epoch(agent_id, after=entry.epoch)  # above the store's fence
         self.registry.unwant(agent_id)
         entry.host = slot.host_id
-        late = asyncio.ensure_future(self._bind(slot, agent_id, entry))
-        if not (await asyncio.wait({late}, timeout=self.cfg.watchdog_s))[0]:
-            self._spawn_stalled(slot, agent_id, late, "bind")
+        hot, entry.hot = entry.hot, None
+        # Never committed: bound from its registry row, the durable tier's copy ("disk" below).
+        row = None if hot is not None else initial_bytes(self.store, self.registry, agent_id)
+        reply = await slot.host.bind(agent_id, hot if row is None else row, entry.epoch)
+        if isinstance(reply, Stalled):
+            self._spawn_stalled(slot, agent_id, reply, "bind")
             return
         try:
-            info = late.result()
-        except HOST_GONE:
-            self._host_lost(slot, [])
-            return
-        except RayError as exc:
-            self._agent_failed(slot, agent_id, f"activation failed: {cause(exc)}")
-            return
+            if isinstance(reply, Gone):
+                self._host_lost(slot, [])
+                return
+            if isinstance(reply, Failed):
+                self._agent_failed(slot, agent_id, f"activation failed: {reply.error}")
+                return
+            info = reply.value
         finally:
             slot.busy = False
+        if hot is not None and info["tier"] != "hot":  # the object was lost with its owner
+            self.events.emit("pool.hot_miss", agent_id=agent_id)
         entry.last_used = time.monotonic()
         slot.kv_tokens = int(info.get("kv_tokens", 0))
         self.events.extend(info["events"])
         self.registry.set_state(agent_id, AgentState(info["state"]))
         self.events.emit("pool.activated", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
                          epoch=entry.epoch, latency_s=round(time.perf_counter() - started, 6),
-                         kv_restored=info["kv_restored"], tier=info["tier"])
+                         kv_restored=info["kv_restored"], tier="disk" if row else info["tier"])
         self.metrics.count("activations")
         move = self.moving.pop(agent_id, None)
         if move is not None:
@@ -295,17 +307,6 @@ class PoolManager(VramControl, Queries):
             self._agent_failed(slot, agent_id, "agent was FAILED in its checkpoint")
         self._wake.set()
 
-    async def _bind(self, slot: Slot, agent_id: str, entry: Any) -> dict[str, Any]:
-        hot, entry.hot = entry.hot, None
-        if hot is not None:
-            try:
-                return await slot.handle.bind.remote(agent_id, hot, entry.epoch)  # type: ignore[no-any-return]
-            except HOST_GONE:
-                raise
-            except RayError:  # object lost with its owner: fall back to the durable tier
-                self.events.emit("pool.hot_miss", agent_id=agent_id)
-        return await slot.handle.bind.remote(agent_id, None, entry.epoch)  # type: ignore[no-any-return]
-
     def _dispatch(self, slot: Slot) -> None:
         assert slot.agent is not None
         queue = self.queues[slot.agent]
@@ -313,8 +314,7 @@ class PoolManager(VramControl, Queries):
         slot.busy = True
         self.registry.set_state(slot.agent, AgentState.RUNNING)
         headroom = self.ledger.headroom(self._residents_on(slot.gpu), slot.gpu)
-        ref = slot.handle.run.options(name=f"{slot.agent}.run").remote(batch, headroom)
-        asyncio.get_running_loop().create_task(self._collect(slot, slot.agent, batch, ref))
+        asyncio.get_running_loop().create_task(self._collect(slot, slot.agent, batch, headroom))
 
     def _over_limit(self) -> set[int]:
         """GPUs holding more than their limit (a reconciliation found memory the ledger missed)."""
@@ -325,30 +325,29 @@ class PoolManager(VramControl, Queries):
         return [Resident(s.agent, s.gpu, 0, 0.0, self.ledger.footprint(s.kv_tokens), s.busy, False)
                 for s in self.slots if s.agent and s.gpu == gpu]
 
-    async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], ref: Any) -> None:
+    async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], headroom: float) -> None:
         given = self.registry.get(agent_id).epoch  # the epoch its Host was bound with
-        late = as_future(ref)
-        done, _ = await asyncio.wait({late}, timeout=self.cfg.watchdog_s)
-        if not done:  # a stalled Host: its agent moves on, the Host stays busy until it answers
-            await self._stalled(slot, agent_id, batch, late, "run")
+        reply = await slot.host.run(agent_id, batch, headroom)
+        if isinstance(reply, Stalled):  # its agent moves on, the Host stays busy until it answers
+            await self._stalled(slot, agent_id, batch, reply, "run")
             return
         try:
-            outcomes, events, slot.kv_tokens = late.result()
-            self.events.extend(events)
-        except HOST_GONE:
-            self._host_lost(slot, batch)
-        except RayError as exc:
-            if not isinstance(getattr(exc, "cause", None), StaleEpoch):
-                self._agent_failed(slot, agent_id, f"host error: {cause(exc)}", batch)
-            elif self.registry.get(agent_id).epoch != given or slot.agent != agent_id:
-                # a zombie: the agent was fenced off this Host and lives on elsewhere
-                self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id)
-            else:
-                self._requeue_stale(slot, agent_id, batch)
-        else:
-            why = self._fold(slot, agent_id, outcomes)
-            if why is not None:  # parked before the slot is free again: no other park races it
-                await self._park(slot, why=why)
+            match reply:
+                case Done(value=(outcomes, events, kv_tokens)):
+                    slot.kv_tokens = kv_tokens
+                    self.events.extend(events)
+                    why = self._fold(slot, agent_id, outcomes)
+                    if why is not None:  # parked before the slot is free again: no park races it
+                        await self._park(slot, why=why)
+                case Gone():
+                    self._host_lost(slot, batch)
+                case Failed(stale=False, error=error):
+                    self._agent_failed(slot, agent_id, f"host error: {error}", batch)
+                case Failed() if self.registry.get(agent_id).epoch != given or slot.agent != agent_id:
+                    # a zombie: the agent was fenced off this Host and lives on elsewhere
+                    self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id)
+                case Failed():
+                    self._requeue_stale(slot, agent_id, batch)
         finally:
             slot.busy = False
             self._wake.set()
@@ -357,7 +356,7 @@ class PoolManager(VramControl, Queries):
         """The agent's own Host was refused by a fence above the epoch it was given: nothing of
         the batch is committed, so it runs again once the agent is bound above the fence."""
         slot.agent = None
-        slot.handle.release.remote()
+        slot.host.release()
         entry = self.registry.get(agent_id)
         entry.host, entry.hot = None, None
         self.registry.set_state(agent_id, AgentState.DORMANT)
@@ -367,7 +366,7 @@ class PoolManager(VramControl, Queries):
                          epoch=entry.epoch, requeued=len(batch))
 
     async def _stalled(
-        self, slot: Slot, agent_id: str, batch: list[Item], late: Any, stage: str
+        self, slot: Slot, agent_id: str, batch: list[Item], stalled: Stalled, stage: str
     ) -> None:
         """Watchdog: a Host silent in `run`, `bind` or `park` for `watchdog_s`. Fence it off by
         epoch, re-activate its agent elsewhere, and discard whatever the Host says when (if
@@ -392,26 +391,22 @@ class PoolManager(VramControl, Queries):
                                              "its Host stalled", False)
                 self.registry.want(agent_id)
         self._wake.set()
-        try:
-            await late
-            error = ""
-        except RayError as exc:
-            error = cause(exc)
+        late = await stalled.answer
+        error = late.error if isinstance(late, Gone | Failed) else ""
         self.events.emit("pool.zombie_discarded", agent_id=agent_id, host=slot.host_id, error=error)
-        with contextlib.suppress(RayError):
-            await slot.handle.release.remote()
+        await slot.host.release()
         slot.busy = False
         self.reviving.discard(slot.host_id)
         self._wake.set()
 
-    def _spawn_stalled(self, slot: Slot, agent_id: str, late: Any, stage: str) -> None:
+    def _spawn_stalled(self, slot: Slot, agent_id: str, stalled: Stalled, stage: str) -> None:
         """`_stalled` on its own task: a bind or park is awaited by the scheduling pass, which
         must go on while the silent Host stays silent."""
-        asyncio.get_running_loop().create_task(self._stalled(slot, agent_id, [], late, stage))
+        asyncio.get_running_loop().create_task(self._stalled(slot, agent_id, [], stalled, stage))
 
     def _fence(self, agent_id: str, epoch: int) -> int:
         """Commit the latest checkpoint again under a new epoch: older writers are refused."""
-        record, _ = self.store.read(agent_id)
+        record = committed_or_initial(self.store, self.registry, agent_id)
         fence = self.store.next_epoch(agent_id, after=epoch)
         self.store.write(record, fence)
         return fence
@@ -512,12 +507,7 @@ class PoolManager(VramControl, Queries):
     async def _revive(self, slot: Slot) -> None:
         """Wait until a lost Host answers again (Ray restarts it), so that no agent is bound to
         it meanwhile and charged with a crash that was not its own."""
-        for _ in range(120):
-            try:
-                await asyncio.wait_for(as_future(slot.handle.info.remote()), 30)
-                break
-            except (RayError, TimeoutError):
-                await asyncio.sleep(0.5)
+        await slot.host.revive()
         self.reviving.discard(slot.host_id)
         self._wake.set()
 
@@ -543,7 +533,7 @@ class PoolManager(VramControl, Queries):
         """Tier 3: the agent goes FAILED; its pending tasks are dead-lettered with the reason."""
         if slot is not None and slot.agent == agent_id:
             slot.agent = None
-            slot.handle.release.remote()
+            slot.host.release()
         entry = self.registry.get(agent_id)
         entry.host, entry.hot = None, None
         self.moving.pop(agent_id, None)
@@ -615,7 +605,7 @@ class PoolManager(VramControl, Queries):
         """A person releases a FAILED agent back to DORMANT."""
         if agent_id not in self.registry or self.registry.get(agent_id).state is not AgentState.FAILED:
             return False
-        record, _ = self.store.read(agent_id)
+        record = committed_or_initial(self.store, self.registry, agent_id)
         fixed = record.model_copy(update={"state": AgentState.DORMANT, "failed_reason": None})
         entry = self.registry.get(agent_id)
         entry.epoch = self.store.next_epoch(agent_id, after=entry.epoch)

@@ -1,4 +1,5 @@
-"""The pool's warm Hosts: one `Slot` per Host actor, created per GPU of every GPU node.
+"""The pool's warm Hosts: one `Slot` per Host actor, created per GPU of every GPU node. A slot
+calls its Host only through its `pool.hosts.HostClient`.
 
 Host names are `host-<node>-<gpu>-<k>` (readable in the Ray dashboard); the pool's GPU index of
 a slot runs over all nodes (by node id, then Ray's GPU id), and a Host is pinned to its node
@@ -14,33 +15,33 @@ from dataclasses import replace
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnschedulableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from agents.config import EngineKind, Settings
+from agents.config import DAY_S, EngineKind, Settings
 from agents.engines.memory import MemoryPlan, plan_memory, read_shape
 from agents.errors import UsageError
 from pool.actors import HostActor
 from pool.budget import Ledger
-
-# a Host that died, or cannot restart because its node is gone (hard node affinity)
-HOST_GONE = (RayActorError, ActorUnschedulableError)
+from pool.hosts import Done, HostClient
 
 
 class Slot:
-    """A warm Host and what it holds."""
+    """A warm Host (its client) and what it holds."""
 
-    __slots__ = ("handle", "host_id", "gpu", "agent", "busy", "lost", "dead", "kv_tokens")
+    __slots__ = ("host", "gpu", "agent", "busy", "lost", "dead", "kv_tokens")
 
-    def __init__(self, handle: Any, host_id: str, gpu: int) -> None:
-        self.handle = handle
-        self.host_id = host_id
+    def __init__(self, host: HostClient, gpu: int) -> None:
+        self.host = host
         self.gpu = gpu
         self.agent: str | None = None
         self.busy = False  # a call (run, park, bind) is in flight
         self.lost = 0  # times this Host died under an agent
         self.dead = False  # its node is gone: the Host can never restart there
         self.kv_tokens = 0  # KV the engine holds for its agent, as the Host last reported
+
+    @property
+    def host_id(self) -> str:
+        return self.host.host_id
 
     @property
     def node(self) -> str:
@@ -89,8 +90,17 @@ def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], Ledge
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 )
                 handle = _spawn(options, host_id, settings, store_root, i, k)
-                slots.append(Slot(handle, host_id, len(slots) // k))
+                slots.append(Slot(HostClient(handle, host_id, cfg.watchdog_s), len(slots) // k))
     return slots, ledger
+
+
+async def locate(slots: list[Slot]) -> list[dict[str, Any]]:
+    """Every Host's `info()` (its node and GPU), waited for as long as the Hosts take to start."""
+    replies = await asyncio.gather(*(s.host.info(timeout_s=DAY_S) for s in slots))
+    for slot, reply in zip(slots, replies, strict=True):
+        if not isinstance(reply, Done):
+            raise UsageError(f"Host {slot.host_id} did not start: {reply}")
+    return [r.value for r in replies if isinstance(r, Done)]
 
 
 def place_on_gpus(slots: list[Slot], infos: list[dict[str, Any]]) -> None:
@@ -111,15 +121,3 @@ def _spawn(options: Any, host_id: str, *args: Any) -> Any:
         except ValueError:  # ActorAlreadyExistsError: the old Host is still being torn down
             time.sleep(0.1)
     raise UsageError(f"Host name {host_id} stays taken: is another pool running in this namespace?")
-
-
-def as_future(ref: Any) -> asyncio.Future[Any]:
-    """An asyncio future of a Ray call (for `asyncio.wait` / `wait_for` with a timeout)."""
-    return asyncio.wrap_future(ref.future())
-
-
-def cause(exc: BaseException) -> str:
-    """The innermost error's one-line message."""
-    inner = getattr(exc, "cause", None) or exc
-    text = f"{type(inner).__name__}: {inner}"
-    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +29,8 @@ from agents.errors import UsageError
 from agents.events import EventSink
 from pool.budget import Ledger, Resident
 from pool.checkpoint import CheckpointStore
-from pool.slots import Slot, as_future
+from pool.hosts import Done, HostClient, Reply
+from pool.slots import Slot
 
 MEASURE_TIMEOUT_S = 10.0
 PAUSE_FILE = "paused.json"  # in the checkpoint store: a pause outlives a manager restart
@@ -57,7 +59,7 @@ class VramControl:
     async def _learn_base(self) -> None:
         """Enter the engine's own base footprint (when it reports one) into the ledger."""
         firsts = [live[0] for g in range(self.ledger.num_gpus) if (live := self._live(g))]
-        infos = await self._call_all(firsts, "engine_info")  # a vLLM engine may load for minutes
+        infos = await _ask_all(firsts, HostClient.engine_info)  # a vLLM engine may load for minutes
         said = [i for i in infos if isinstance(i, dict) and "base_mib" in i]
         if not said:
             return  # the engine says nothing: the configured base stands
@@ -107,7 +109,7 @@ class VramControl:
         hosts = self._live(gpu)
         if not hosts:
             return ""
-        got = await self._call_all(hosts, "measure", MEASURE_TIMEOUT_S)
+        got = await _ask_all(hosts, HostClient.measure, MEASURE_TIMEOUT_S)
         if not all(isinstance(r, dict) for r in got):  # a Host (or its engine) busy starting
             return ""  # or restarting: this round has no complete reading, the next may
         readings: list[dict[str, Any]] = list(got)
@@ -158,14 +160,14 @@ class VramControl:
         if self.paused.get(gpu) in ("slept", "parked"):
             return {"gpu": gpu, "mode": self.paused[gpu], "parked": 0}
         hosts = self._live(gpu)
-        slept = await self._call_all(hosts, "pause_engine")
+        slept = await _ask_all(hosts, HostClient.pause_engine)
         parked = 0
         if hosts and all(x is True for x in slept):
             mode = "slept"
         else:  # the engine cannot sleep (or a Host did not answer): park the GPU's residents
             mode = "parked"
-            await self._call_all([s for s, x in zip(hosts, slept, strict=True) if x is True],
-                                 "wake_engine")
+            await _ask_all([s for s, x in zip(hosts, slept, strict=True) if x is True],
+                           HostClient.wake_engine)
             residents = [s for s in hosts if s.agent]
             await asyncio.gather(*(self._park(s, why="pause: the engine cannot sleep") for s in residents))
             parked = len(residents)
@@ -173,20 +175,13 @@ class VramControl:
         self.events.emit("pool.paused", gpu=gpu, mode=mode, parked=parked)
         return {"gpu": gpu, "mode": mode, "parked": parked}
 
-    async def _call_all(self, hosts: list[Slot], method: str, timeout_s: float | None = None) -> list[Any]:
-        """`method` on every Host at once; an error or a Host silent past `timeout_s` (default
-        the watchdog) is its answer (a frozen Host must not hold up a pause or a reading)."""
-        wait = self.cfg.watchdog_s if timeout_s is None else timeout_s
-        calls = (asyncio.wait_for(as_future(getattr(s.handle, method).remote()), wait) for s in hosts)
-        return list(await asyncio.gather(*calls, return_exceptions=True))
-
     async def resume(self) -> dict[str, Any]:
         """Take the GPUs again: wake sleeping engines; parked agents come back as work needs.
         Every engine of a paused GPU is asked (waking is idempotent): after a manager restart,
         a shared engine may still sleep under a pause the new Hosts never saw."""
         woken = []
         for gpu in sorted(self.paused):
-            if any(x is True for x in await self._call_all(self._live(gpu), "wake_engine")):
+            if any(x is True for x in await _ask_all(self._live(gpu), HostClient.wake_engine)):
                 woken.append(gpu)
         self.paused.clear()
         self._keep_pause(False)
@@ -209,3 +204,13 @@ class VramControl:
             self.paused = dict.fromkeys(range(self.ledger.num_gpus), "parked")
             self.events.emit("pool.pause_restored", gpus=sorted(self.paused))
 
+
+
+async def _ask_all(
+    hosts: list[Slot], probe: Callable[[HostClient, float | None], Awaitable[Reply[Any]]],
+    timeout_s: float | None = None,
+) -> list[Any]:
+    """`probe` on every Host at once: each Host's answer, or None where it failed or was silent
+    past `timeout_s` (default the watchdog): a frozen Host must not hold up a pause or a reading."""
+    replies = await asyncio.gather(*(probe(s.host, timeout_s) for s in hosts))
+    return [r.value if isinstance(r, Done) else None for r in replies]

@@ -17,6 +17,7 @@ from agents.events import EventSink
 from agents.models import AgentRecord, AgentSpec, Task
 from agents.state import AgentState
 from pool.checkpoint import CheckpointStore
+from pool.hosts import HostClient
 from pool.manager import PoolManager
 from pool.registry import Registry
 from pool.slots import Slot
@@ -33,6 +34,8 @@ class _Calls:
 
     def remote(self, *args: Any) -> Any:
         self.calls.append(args)
+        if isinstance(self.answer, Future):  # pending until the test settles it
+            return _Ref(self.answer)
         fut: Future[Any] = Future()
         if isinstance(self.answer, BaseException):
             fut.set_exception(self.answer)
@@ -99,7 +102,7 @@ def test_a_fresh_manager_binds_above_the_fence_of_a_quarantined_version(tmp_path
     store = _quarantined_fence(tmp_path)
     host = _Actor(bind=BOUND)
     m = _manager(tmp_path)
-    slot = Slot(host, "h0", 0)
+    slot = Slot(HostClient(host, "h0", 5), 0)
     slot.busy, slot.agent = True, AID
     asyncio.run(m._activate(slot, AID, time.perf_counter()))
     [(agent_id, _, epoch)] = host.bind.calls  # type: ignore[attr-defined]
@@ -124,7 +127,8 @@ def _stale_run(m: Any, slot: Slot, fence_meanwhile: bool) -> None:
     async def go() -> None:
         entry = m.registry.get(AID)
         answer: Future[Any] = Future()
-        collect = asyncio.ensure_future(m._collect(slot, AID, _batch(), _Ref(answer)))
+        slot.host.handle.run = _Calls(answer)
+        collect = asyncio.ensure_future(m._collect(slot, AID, _batch(), 1.0))
         await asyncio.sleep(0)  # dispatched: the Host runs the batch
         if fence_meanwhile:  # the watchdog fenced the agent off this Host, which is a zombie now
             entry.epoch += 1
@@ -136,7 +140,7 @@ def _stale_run(m: Any, slot: Slot, fence_meanwhile: bool) -> None:
 
 
 def _bound(m: Any, host: _Actor) -> Slot:
-    slot = Slot(host, "h0", 0)
+    slot = Slot(HostClient(host, "h0", 5), 0)
     slot.agent, slot.busy = AID, True
     entry = m.registry.get(AID)
     entry.host, entry.epoch = "h0", 2

@@ -16,6 +16,7 @@ from agents.config import PoolConfig
 from agents.events import EventSink
 from pool.budget import Ledger, Resident
 from pool.checkpoint import CheckpointStore
+from pool.hosts import HostClient
 from pool.slots import Slot
 from pool.vram import VramControl
 
@@ -46,7 +47,7 @@ class _Pool(VramControl):
     def __init__(self, hosts: list[_Host], agents: list[str | None]) -> None:
         self.cfg = PoolConfig(reconcile_s=0.01, watchdog_s=0.2)
         self.store = CheckpointStore(Path(tempfile.mkdtemp(prefix="vram-control-")))
-        self.slots = [Slot(h, f"h{i}", 0) for i, h in enumerate(hosts)]
+        self.slots = [Slot(HostClient(h, f"h{i}", self.cfg.watchdog_s), 0) for i, h in enumerate(hosts)]
         for slot, agent in zip(self.slots, agents, strict=True):
             slot.agent = agent
         self.ledger = Ledger(8192, 0.85, 600, 1, len(hosts), agent_mib=320)
