@@ -45,11 +45,10 @@ from pool.ops import AgentTrail
 from pool.queries import Queries
 from pool.registry import Registry
 from pool.runs import split_namespace
-from pool.slots import Slot, create_hosts, locate, place_on_gpus
+from pool.slots import Slot, create_hosts, locate, place_on_gpus, retire_node
 from pool.vram import VramControl
 
 Item = tuple[Task, Carry | None]
-GAUGE_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,14 +513,10 @@ class PoolManager(VramControl, Queries):
     def _check_node(self, slot: Slot) -> None:
         """A Host whose node died can never restart there: retire all the Hosts of that node
         and send their resident agents back to DORMANT, to be activated on the live nodes."""
-        node = slot.node
-        alive = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
-        if slot.dead or node in alive:
+        gone = retire_node(self.slots, slot)
+        if not gone:
             return
-        gone = [s for s in self.slots if s.node == node]
-        for s in gone:
-            s.dead = True
-        self.events.emit("pool.node_lost", node=node, hosts=len(gone),
+        self.events.emit("pool.node_lost", node=slot.node, hosts=len(gone),
                          residents=sum(1 for s in gone if s.agent))
         for s in gone:
             if s.agent and not s.busy:  # busy ones come back through their failed call
@@ -545,27 +540,6 @@ class PoolManager(VramControl, Queries):
             self._result(task, TaskStatus.FAILED, f"agent failed: {reason}"[:500])
         self.events.emit("pool.agent_failed", agent_id=agent_id, reason=reason[:300],
                          dead_lettered=len(pending))
-
-    def _note_residency(self) -> None:
-        for gpu in range(self.ledger.num_gpus):
-            residents = self._residents_on(gpu)
-            self.events.emit("pool.residency", gpu=gpu, residents=len(residents),
-                             used_mib=self.ledger.used(residents, gpu),
-                             limit_mib=self.ledger.limit_mib, slots=self.ledger.slots_per_gpu)
-        self._gauges()
-
-    def _gauges(self) -> None:
-        for gpu in range(self.ledger.num_gpus):
-            residents = self._residents_on(gpu)
-            self.metrics.gpu(gpu, len(residents), self.ledger.used(residents, gpu),
-                             self.ledger.budget_mib, self.ledger.limit_mib)
-        self.metrics.pool(self.registry.counts(), self._queued())
-
-    async def _gauge_loop(self) -> None:
-        """Refresh the gauges while the pool is idle too: Prometheus scrapes on its own clock."""
-        while True:
-            await asyncio.sleep(GAUGE_INTERVAL_S)
-            self._gauges()
 
     async def _reap_loop(self) -> None:
         """A pool whose driver is gone (killed with SIGKILL, its node lost) and that no person

@@ -1,6 +1,6 @@
-"""What the operator commands read from the PoolManager: `status`, `failed`, `inspect`, and the
-benchmarks' `memory`. A mixin of `pool.manager.PoolManager` (its state is the manager's); nothing
-here changes the pool.
+"""What the operator commands read from the PoolManager: `status`, `failed`, `inspect`, the
+benchmarks' `memory`, and the residency events and gauges. A mixin of `pool.manager.PoolManager`
+(its state is the manager's); nothing here changes the pool.
 """
 
 from __future__ import annotations
@@ -9,12 +9,16 @@ import asyncio
 from collections import deque
 from typing import Any
 
+from agents.events import EventSink
 from agents.state import AgentState
 from pool.budget import Ledger, Resident
 from pool.checkpoint import CheckpointStore
+from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
 from pool.registry import Registry
 from pool.slots import Slot
+
+GAUGE_INTERVAL_S = 2.0
 
 
 class Queries:
@@ -27,12 +31,35 @@ class Queries:
     paused: dict[int, str]
     trail: AgentTrail
     monitor: Any
+    events: EventSink
+    metrics: PoolMetrics
 
     def _residents_on(self, gpu: int) -> list[Resident]:
         raise NotImplementedError
 
     def _queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
+
+    def _note_residency(self) -> None:
+        for gpu in range(self.ledger.num_gpus):
+            residents = self._residents_on(gpu)
+            self.events.emit("pool.residency", gpu=gpu, residents=len(residents),
+                             used_mib=self.ledger.used(residents, gpu),
+                             limit_mib=self.ledger.limit_mib, slots=self.ledger.slots_per_gpu)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        for gpu in range(self.ledger.num_gpus):
+            residents = self._residents_on(gpu)
+            self.metrics.gpu(gpu, len(residents), self.ledger.used(residents, gpu),
+                             self.ledger.budget_mib, self.ledger.limit_mib)
+        self.metrics.pool(self.registry.counts(), self._queued())
+
+    async def _gauge_loop(self) -> None:
+        """Refresh the gauges while the pool is idle too: Prometheus scrapes on its own clock."""
+        while True:
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+            self._gauges()
 
     async def status(self) -> dict[str, Any]:
         hosts = [{"host": s.host_id, "gpu": s.gpu, "agent": s.agent, "busy": s.busy,

@@ -113,6 +113,18 @@ def place_on_gpus(slots: list[Slot], infos: list[dict[str, Any]]) -> None:
         slot.gpu = index[(info["node"], info["gpu"])]
 
 
+def retire_node(slots: list[Slot], slot: Slot) -> list[Slot]:
+    """A Host whose node died can never restart there: when `slot`'s node is no longer alive,
+    mark every Host of that node dead and return them (none if it is alive or retired already)."""
+    alive = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
+    if slot.dead or slot.node in alive:
+        return []
+    gone = [s for s in slots if s.node == slot.node]
+    for s in gone:
+        s.dead = True
+    return gone
+
+
 def _spawn(options: Any, host_id: str, *args: Any) -> Any:
     """A new Host. After a manager restart, the dead manager's Host (its name) dies with a lag."""
     for _ in range(300):
