@@ -8,8 +8,9 @@ checkpoint to a warm Host), dispatches queued tasks to resident agents in batche
 outcomes back: terminal results, migrations, lost Hosts, failed agents.
 
 Its GPU side (engine base, reconciliation with device readings, pause/resume) is the
-`pool.vram.VramControl` mixin, its read-only operator queries the `pool.queries.Queries` mixin,
-and its Hosts are created in `pool.slots`.
+`pool.vram.VramControl` mixin, its read-only operator queries the `pool.queries.Queries` mixin.
+Its Hosts are created in `pool.slots` and called only through `pool.hosts.HostClient`, whose
+replies (done, gone, failed, stalled) the manager folds; it never handles a Ray error of a Host.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class PoolManager(VramControl, Queries):
     async def start(self) -> dict[str, Any]:
         if not self.slots:
             ns = self.cfg.namespace
-            gate = start_gate(split_namespace(ns)[0])  # one pool creates its Hosts at a time
+            # one pool creates its Hosts at a time; a namespace with no run id has a gate of its own
+            gate = start_gate(split_namespace(ns)[0] or ns)
             await gate.acquire.remote(ns)
             try:
                 self.slots, self.ledger = create_hosts(self.settings, self.store_root)
