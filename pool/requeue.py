@@ -1,10 +1,12 @@
 """`selfheal retry --out`: release FAILED agents and send their failed tasks back to the next run.
 
-It works on a run's files, with no pool running (a finished run's pool is gone): the agent's
-checkpoint is committed again as DORMANT under an epoch above its fence, each of its FAILED task
-records gets a `requeued` line in `OUT/ledger.jsonl` (the next `selfheal run --out OUT` runs
-them again), and the store's dead-letter table records the release. The `--out` folder's lock is
-held meanwhile: a folder a live driver writes is refused.
+It works on a run's files, with no pool running (a finished run's pool is gone). An agent is
+FAILED when the store's dead-letter table says so (the pool marks every failure there) or its
+checkpoint does (a failure decided on its Host). Releasing it commits a FAILED checkpoint again
+as DORMANT under an epoch above its fence and records the release in the table; each of its
+FAILED task records gets a `requeued` line in `OUT/ledger.jsonl`, so the next
+`selfheal run --out OUT` runs them again. The `--out` folder's lock is held meanwhile: a folder
+a live driver writes is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.errors import UsageError
+from agents.models import TaskStatus
 from agents.state import AgentState
 from pool.checkpoint import CheckpointStore
 from pool.deadletters import DeadLetterTable
@@ -54,16 +57,17 @@ def retry_offline(out: Path, store_root: Path, agent_ids: list[str] | None) -> l
     with _holding(out):
         ledger = TaskLedger(out / "ledger.jsonl")
         try:
-            ids = agent_ids if agent_ids is not None else _failed_agents(store, table, ledger)
-            return [_retry_one(store, table, ledger, a) for a in ids]
+            failed, _ = fold_letters(table.read())
+            ids = agent_ids if agent_ids is not None else _failed_agents(store, failed, ledger)
+            return [_retry_one(store, table, ledger, a, a in failed) for a in ids]
         finally:
             ledger.close()
 
 
 def _retry_one(store: CheckpointStore, table: DeadLetterTable, ledger: TaskLedger,
-               agent_id: str) -> Retried:
+               agent_id: str, marked: bool) -> Retried:
     known = store.exists(agent_id)
-    released = known and _release(store, agent_id)
+    released = (known and _release(store, agent_id)) or marked
     requeued = ledger.requeue(ledger.failed_of(agent_id), reason=f"selfheal retry {agent_id}")
     if released or requeued:
         table.append([{"kind": "released", "agent_id": agent_id, "ts": time.time(),
@@ -80,11 +84,12 @@ def _release(store: CheckpointStore, agent_id: str) -> bool:
     return True
 
 
-def _failed_agents(store: CheckpointStore, table: DeadLetterTable, ledger: TaskLedger) -> list[str]:
-    """Agents whose checkpoint is FAILED, among those the run's ledger and table name."""
-    failed, _ = fold_letters(table.read())
-    named = {r.agent_id for r in ledger.records.values()} | failed.keys()
-    return [a for a in sorted(named) if store.exists(a) and _is_failed(store, a)]
+def _failed_agents(store: CheckpointStore, failed: dict[str, str], ledger: TaskLedger) -> list[str]:
+    """The agents the table marks FAILED, and those with failed tasks whose checkpoint is FAILED
+    (a run before the table; only they are read: not every agent of a large run)."""
+    named = {r.agent_id for r in ledger.records.values()
+             if r.status is TaskStatus.FAILED} - failed.keys()
+    return sorted(failed.keys() | {a for a in named if store.exists(a) and _is_failed(store, a)})
 
 
 def _is_failed(store: CheckpointStore, agent_id: str) -> bool:

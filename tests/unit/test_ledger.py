@@ -176,3 +176,30 @@ def test_selfheal_retry_out_releases_the_agent_and_requeues_its_failed_tasks(
     assert everyone.exit_code == 0 and "no FAILED agent" in everyone.output
     missing = CliRunner().invoke(main, ["retry", "a", "--out", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "no ledger.jsonl" in missing.output
+
+
+def test_retry_all_out_takes_the_failed_agents_from_the_dead_letter_table(tmp_path: Path) -> None:
+    """The pool marks a failure it decided itself (a Host that keeps dying) in the table only:
+    the checkpoint is not FAILED, yet the agent's failed tasks are requeued."""
+    from click.testing import CliRunner
+
+    from agents.models import AgentRecord, AgentSpec
+    from pool.checkpoint import CheckpointStore
+    from pool.cli import main
+    from pool.deadletters import DeadLetterTable
+
+    out = tmp_path / "out"
+    store = CheckpointStore(out / "checkpoints")
+    for agent_id in ("a", "b"):
+        store.write(AgentRecord(spec=AgentSpec(agent_id=agent_id)), epoch=1)
+    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2", TaskStatus.FAILED, agent_id="b")])
+    ledger.close()
+    DeadLetterTable(store.root).append([{"kind": "agent_failed", "agent_id": "a", "reason": "x"}])
+    got = CliRunner().invoke(main, ["retry", "--all", "--out", str(out)])
+    assert got.exit_code == 0, got.output
+    assert got.output.splitlines() == [f"a: released to DORMANT; 1 failed task requeued in {out} "
+                                       f"(the next `selfheal run --out {out}` runs them)"]
+    again = TaskLedger(out / "ledger.jsonl")
+    assert sorted(again.records) == ["t2"], "b is not FAILED: its failed task stays failed"
+    again.close()
