@@ -68,13 +68,14 @@ SCHEMA: Final = pa.schema(
 )
 
 
-def encode(record: AgentRecord) -> bytes:
-    """The record as an Arrow IPC stream of one single-row batch under `SCHEMA`."""
+def encode(record: AgentRecord, stamp: Stamp | None = None) -> bytes:
+    """The record as an Arrow IPC stream of one single-row batch under `SCHEMA`, stamped as a
+    committed version when `stamp` is given."""
     try:
         batch = pa.RecordBatch.from_arrays(_columns(record), schema=SCHEMA)
     except (pa.ArrowException, OverflowError) as exc:  # e.g. tasks_done past int64
         raise StorageError(f"cannot encode agent {record.spec.agent_id}: {exc}") from exc
-    return _stream(batch, None)
+    return _stream(batch, stamp)
 
 
 def stamped(data: bytes, stamp: Stamp) -> bytes:
@@ -85,8 +86,7 @@ def stamped(data: bytes, stamp: Stamp) -> bytes:
         raise CheckpointUnreadable(f"out of memory stamping a checkpoint: {exc}") from None
     except (pa.ArrowException, OSError, StopIteration) as exc:
         raise CheckpointCorrupt(f"cannot stamp: not a valid Arrow checkpoint: {exc}") from None
-    values = (stamp.agent_id, str(stamp.version), str(stamp.epoch))
-    return _stream(batch, {k: v.encode() for k, v in zip(_STAMP_KEYS, values, strict=True)})
+    return _stream(batch, stamp)
 
 
 def read_stamp(data: bytes) -> Stamp | None:
@@ -105,7 +105,11 @@ def read_stamp(data: bytes) -> Stamp | None:
         raise CheckpointCorrupt(f"unreadable stamp: {type(exc).__name__}: {exc}") from None
 
 
-def _stream(batch: pa.RecordBatch, metadata: dict[bytes, bytes] | None) -> bytes:
+def _stream(batch: pa.RecordBatch, stamp: Stamp | None) -> bytes:
+    metadata = None
+    if stamp is not None:
+        values = (stamp.agent_id, str(stamp.version), str(stamp.epoch))
+        metadata = {k: v.encode() for k, v in zip(_STAMP_KEYS, values, strict=True)}
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
         writer.write_batch(batch, custom_metadata=metadata)

@@ -75,13 +75,13 @@ class CheckpointStore:
 
     def write(self, record: AgentRecord, epoch: int) -> ManifestEntry:
         """Commit `record` as the agent's next version; committed only when this returns."""
-        return self._commit(record.spec.agent_id, encode(record), epoch)
+        return self._commit(record.spec.agent_id, lambda stamp: encode(record, stamp), epoch)
 
     def write_bytes(self, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
         """Commit an already encoded record; bytes that do not decode to this agent are refused."""
         self._folder(agent_id)  # a bad id is a UsageError before the bytes are looked at
         self._check_record(agent_id, data)
-        return self._commit(agent_id, data, epoch)
+        return self._commit(agent_id, lambda stamp: stamped(data, stamp), epoch)
 
     def write_initial_many(self, records: Iterable[AgentRecord]) -> int:
         """Commit version 1 of every record whose agent has no checkpoint yet; how many were new.
@@ -101,7 +101,8 @@ class CheckpointStore:
                 if (folder / MANIFEST).exists():
                     continue
                 private_dir(folder)
-                staged.append((folder, self._stage_initial(folder, agent_id, encode(record))))
+                data = encode(record, Stamp(agent_id, 1, 0))
+                staged.append((folder, self._stage_initial(folder, agent_id, data)))
             if not staged:
                 return 0
             os.sync()
@@ -113,7 +114,6 @@ class CheckpointStore:
 
     def _stage_initial(self, folder: Path, agent_id: str, data: bytes) -> Path:
         """Version 1's data file and a manifest temp listing it, neither fsynced."""
-        data = stamped(data, Stamp(agent_id, 1, 0))
         entry = mf.entry_for(agent_id, 1, 0, data)
         tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
         with _locked(folder):
@@ -132,18 +132,21 @@ class CheckpointStore:
                 tmp.unlink(missing_ok=True)
         return True
 
-    def _commit(self, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
+    def _commit(self, agent_id: str, make: Callable[[Stamp], bytes], epoch: int) -> ManifestEntry:
+        """Commit the bytes `make` gives for the new version's stamp (known under the lock)."""
         folder = self._folder(agent_id)
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise UsageError(f"epoch must be a non-negative int, got {epoch!r}")
         try:
             self._make_folder(folder)
             with _locked(folder):
-                return self._commit_locked(folder, agent_id, data, epoch)
+                return self._commit_locked(folder, agent_id, make, epoch)
         except OSError as exc:
             raise _storage_error(f"checkpoint write for agent {agent_id} failed", exc) from exc
 
-    def _commit_locked(self, folder: Path, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
+    def _commit_locked(
+        self, folder: Path, agent_id: str, make: Callable[[Stamp], bytes], epoch: int
+    ) -> ManifestEntry:
         old = self._load_manifest(folder, agent_id, locked=True) or Manifest(agent_id, 0, 0, ())
         if epoch < old.epoch:
             raise StaleEpoch(
@@ -151,7 +154,7 @@ class CheckpointStore:
             )
         _remove_temps(folder)
         version = old.version + 1
-        data = stamped(data, Stamp(agent_id, version, epoch))  # a lost manifest is rebuilt from it
+        data = make(Stamp(agent_id, version, epoch))  # a lost manifest is rebuilt from the files
         entry = mf.entry_for(agent_id, version, epoch, data)
         # A failure from here on leaves at worst an unlisted file: never read, pruned next time.
         self._write_durably(folder / entry.file, data, hooks=True)
