@@ -5,9 +5,9 @@
 2. resources: once the pool is shut down, Ray's available CPU and GPU equal the cluster's within
    `timeout_s` (a leaked Host or a lost release would hold a GPU share forever).
 3. checkpoints: every agent's newest committed checkpoint reads back and verifies (checksum and
-   full Arrow validation), and no committed version of it was ever quarantined; agents a test
-   poisoned on purpose may be quarantined instead. Reading quarantines a corrupt newest version
-   and falls back to the previous one: the check says so, it never counts that as verified.
+   full Arrow validation); agents a test poisoned on purpose may be quarantined instead.
+   Reading quarantines a corrupt newest version and falls back to the previous one: the check
+   says so and never counts that as verified; versions quarantined earlier are listed.
 
 Used by `tests/chaos/` and `scripts/chaos.py`. `actor_pids` finds the processes to kill.
 """
@@ -156,39 +156,42 @@ def check_resources(namespace: str | None = None, timeout_s: float = 60.0) -> Ch
 
 
 def check_checkpoints(store_root: Path, quarantined_ok: Iterable[str] = ()) -> Check:
-    """Every agent's newest committed checkpoint verifies, and none of its committed versions
-    was quarantined; `quarantined_ok` may not."""
+    """Every agent's newest committed checkpoint verifies as it stands (a corrupt one that the
+    check itself quarantines, falling back to an older version, does not); `quarantined_ok` may
+    not. Versions quarantined earlier (the pool fell back then and went on) are reported."""
     store = CheckpointStore(store_root)
     allowed = set(quarantined_ok)
-    verified, bad, quarantined, fell_back = 0, {}, [], {}
+    verified, bad, quarantined, fell_back, earlier = 0, {}, [], {}, {}
     for agent_id in store.agent_ids():
         problem = None
         try:
             newest = store.latest(agent_id)
+            before = [n["version"] for n in store.quarantined_versions(agent_id)]
             entry = store.verify(agent_id)  # quarantines a corrupt newest version, falls back
             if newest is not None and entry.version != newest.version:
                 fell_back[agent_id] = entry.version
                 problem = (f"newest version {newest.version} corrupt (quarantined: "
                            f"{_reason(store, agent_id, newest.version)}); fell back to version "
                            f"{entry.version}")
-            elif notes := store.quarantined_versions(agent_id):
-                problem = "; ".join(f"version {n['version']} quarantined ({n.get('reason', '?')})"
-                                    for n in notes[-3:])
+            elif before:
+                earlier[agent_id] = before
         except StorageError as exc:
             problem = str(exc)[:200]
         if problem is None:
             verified += 1
-            continue
-        if agent_id in allowed:
+        elif agent_id in allowed:
             quarantined.append(agent_id)
         else:
             bad[agent_id] = problem
     detail = f"{verified} verified, {len(quarantined)} quarantined as expected, {len(bad)} bad"
     if bad:
         detail += ": " + "; ".join(f"agent {a}: {why}" for a, why in list(bad.items())[:3])
+    if earlier:
+        detail += (f"; {len(earlier)} with versions quarantined earlier (" + ", ".join(
+            f"{a}: {v}" for a, v in list(earlier.items())[:3]) + ")")
     return Check("checkpoints", not bad and verified > 0, detail,
                  {"verified": verified, "quarantined": quarantined, "bad": bad,
-                  "fell_back": fell_back})
+                  "fell_back": fell_back, "quarantined_earlier": earlier})
 
 
 def _reason(store: CheckpointStore, agent_id: str, version: int) -> str:

@@ -694,8 +694,11 @@ def test_check_checkpoints_reports_a_fallback_to_an_older_version(store: Checkpo
     assert "agent-7: newest version 2 corrupt (quarantined: sha256 mismatch); fell back to " \
            "version 1" in check.detail
     assert check.figures["fell_back"] == {AID: 1} and check.figures["verified"] == 1
-    again = check_checkpoints(store.root)  # v2 is gone now: its quarantine is still reported
-    assert not again.ok and "agent-7: version 2 quarantined (sha256 mismatch)" in again.detail
+    again = check_checkpoints(store.root)  # v1 is the newest now: it verifies, v2 is listed
+    assert again.ok and again.figures["quarantined_earlier"] == {AID: [2]}
+    assert "1 with versions quarantined earlier (agent-7: [2])" in again.detail
+    store.write(make(tasks_done=3), epoch=1)
+    _flip_version(store, 3)
     allowed = check_checkpoints(store.root, quarantined_ok=[AID])
     assert allowed.ok and allowed.figures["quarantined"] == [AID] and allowed.figures["verified"] == 1
 
