@@ -64,8 +64,9 @@ class Residency:
                                           "kv_state": kv})
         # After a run the agent is already committed (in a resident state, which a later bind
         # reads as a lost Host): only the hot-tier copy needs the DORMANT state, unless the
-        # engine's KV of the agent goes into the checkpoint now.
-        changed = self._dirty or kv != agent.kv_state
+        # engine's KV of the agent goes into the checkpoint now. An agent bound from its registry
+        # row (`pool.agent_table`) has no checkpoint yet: its first park writes it.
+        changed = self._dirty or kv != agent.kv_state or not self.store.exists(agent.spec.agent_id)
         data = self._commit(parked) if changed else codec.encode(parked)
         self.agent = None
         return data
