@@ -49,6 +49,7 @@ STEPS: Final = ("temp_written", "fsynced", "renamed", "manifest_written")
 
 log = structlog.get_logger(__name__)
 _agent_id = TypeAdapter(AgentId)
+_write_all = write_all  # a commit's low-level write, looked up per call: the chaos suite wraps it
 
 
 class CheckpointStore:
@@ -170,7 +171,7 @@ class CheckpointStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             try:
-                write_all(fd, data)
+                _write_all(fd, data)
                 if hooks:
                     self._step("temp_written")
                 os.fsync(fd)
