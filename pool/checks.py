@@ -122,24 +122,13 @@ def _complete_lines(path: Path) -> list[bytes]:
     return [line for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
 
 
-def shutdown_pool(namespace: str) -> None:
-    """Kill the pool's detached actors (its Hosts die with the manager that owns them)."""
-    import ray
-
-    from pool.actors import MANAGER_NAME, MONITOR_NAME
-
-    for name in (MANAGER_NAME, MONITOR_NAME):
-        try:
-            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-        except ValueError:
-            continue
-
-
 def check_resources(namespace: str | None = None, timeout_s: float = 60.0) -> Check:
     """After `shutdown_pool(namespace)` (when given), CPU and GPU come back to the cluster's total."""
     import ray
 
     if namespace is not None:
+        from pool.runs import shutdown_pool
+
         shutdown_pool(namespace)
     started = time.monotonic()
     while True:

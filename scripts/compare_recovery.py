@@ -15,7 +15,6 @@ workload's proportions); `--limit 0` runs them all.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -23,12 +22,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import ray
 from rich.console import Console
 from rich.table import Table
 
 from agents.config import load_settings
-from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.batch import RunOptions, run_batch
 from pool.bench.common import start_ray
 from pool.bench.healing import CONSTRAINED, POLICIES  # one definition: the same attempt caps
@@ -50,13 +47,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _stop(namespace: str) -> None:
-    """run_batch leaves its detached manager for `selfheal status`; the next policy needs the cores."""
-    for name in (MANAGER_NAME, MONITOR_NAME):
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-
-
 def run_policy(name: str, tasks_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     pool: dict[str, Any] = {"namespace": f"compare-{name}"}
     if args.slots_per_gpu:
@@ -66,12 +56,8 @@ def run_policy(name: str, tasks_path: Path, args: argparse.Namespace) -> dict[st
                                         "pool": pool})
     out = args.out / name
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one
-    try:
-        summary = run_batch(RunOptions(tasks=tasks_path, out=out, settings=settings,
-                                       agents_file=args.agents_file if args.agents_file.exists()
-                                       else None))
-    finally:
-        _stop(settings.pool.namespace)
+    summary = run_batch(RunOptions(tasks=tasks_path, out=out, settings=settings,  # its pool exits with it
+                                   agents_file=args.agents_file if args.agents_file.exists() else None))
     ran = summary["tasks"] - summary["rejected"]
     return {"tasks": ran, "succeeded": summary["succeeded"], "failed": summary["failed"],
             "success_rate": summary["success_rate"],

@@ -20,7 +20,6 @@ timed to its first answered call; one per agent the pool moved.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -34,7 +33,6 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.config import Settings, load_settings
-from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.batch import RunOptions, run_batch
 from pool.bench.activation import NaiveAgent
 from pool.bench.common import NO_FAULTS, stats
@@ -133,9 +131,6 @@ def _pool_round(out: Path, tasks: Path, settings: Settings, agents: int
 
 def _naive_round(moved: list[dict[str, Any]], store: Path, settings: Settings) -> list[float]:
     """Move each agent the naive way: a new actor that loads its checkpoint, on the other GPU."""
-    for name in (MANAGER_NAME, MONITOR_NAME):  # the pool's Hosts hold every GPU share: stop it
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(name, namespace=settings.pool.namespace), no_restart=True)
     while ray.available_resources().get("GPU", 0) < 2:  # type: ignore[no-untyped-call]
         time.sleep(0.1)
     took = []

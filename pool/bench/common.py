@@ -7,7 +7,6 @@ own namespace, so a pool's named Hosts never collide with those of the pool befo
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -23,7 +22,7 @@ from rich.console import Console
 
 from agents.config import Settings, load_settings
 from agents.models import AgentSpec, Task, TaskResult
-from pool.actors import MANAGER_NAME, MONITOR_NAME
+from pool.runs import shutdown_pool
 from pool.summary import percentile
 
 _pools = itertools.count()
@@ -116,13 +115,7 @@ class Pool:
         return ray.get(self.manager.memory.remote(trace))  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        from agents.engines.shared import shutdown_engines
-
-        ns = self.settings.pool.namespace
-        for name in (MANAGER_NAME, MONITOR_NAME):
-            with contextlib.suppress(ValueError):
-                ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
-        shutdown_engines(ns)  # detached: they would outlive the benchmark
+        shutdown_pool(self.settings.pool.namespace)  # engines too: detached, they would outlive it
 
 
 def start_pool(cfg: Settings, store_root: Path) -> Pool:

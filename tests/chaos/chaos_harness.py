@@ -56,7 +56,7 @@ class Run:
     """A batch run in a background thread, so the test can break things while it runs."""
 
     def __init__(self, tmp: Path, n: int, agents: int, cfg: Settings, seed: int = 0,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, keep_pool: bool = False) -> None:
         """`run_id` None: the pool lives in NAMESPACE, where the tests find its manager by name;
         another id puts it in `<prefix>-<run_id>` (`self.namespace`), beside other runs' pools."""
         self.tasks = write_tasks(tmp / "tasks.jsonl", synthetic_tasks(n, agents=agents, seed=seed))
@@ -68,7 +68,8 @@ class Run:
         self.namespace = run_namespace(prefix, run_id)
         pool = cfg.pool.model_copy(update={"namespace": prefix})
         self.opts = RunOptions(tasks=self.tasks, out=self.out, agents=agents, progress=False,
-                               settings=cfg.model_copy(update={"pool": pool}), run_id=run_id)
+                               settings=cfg.model_copy(update={"pool": pool}), run_id=run_id,
+                               keep_pool=keep_pool)
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._go, daemon=True)

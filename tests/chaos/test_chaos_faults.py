@@ -103,7 +103,7 @@ def test_zombie_host_is_fenced_by_epoch_and_its_late_result_discarded(
     chaos_ray: Path, tmp_path: Path
 ) -> None:
     cfg = settings(engine={"step_cost_s": 0.03}, pool={"watchdog_s": 3.0, "batch_per_agent": 4})
-    run = Run(tmp_path, 240, 40, cfg, seed=13).start()
+    run = Run(tmp_path, 240, 40, cfg, seed=13, keep_pool=True).start()  # drained after the run
     run.wait_for(lambda: run.committed() >= 20, what="the first results")
     busy: dict = {}
 
@@ -255,7 +255,7 @@ def _corrupt(store: CheckpointStore, agent: str, how: str) -> None:
 
 
 def test_corrupt_checkpoints_are_quarantined_and_previous_used(chaos_ray: Path, tmp_path: Path) -> None:
-    run = Run(tmp_path, 200, 20, settings(), seed=17)
+    run = Run(tmp_path, 200, 20, settings(), seed=17, keep_pool=True)  # looked at after the run
     store = _seed_store(run, 20)
     kinds = ["truncated", "zero", "flipped", "schema_version"]
     for i, how in enumerate(kinds):
