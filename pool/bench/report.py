@@ -68,11 +68,13 @@ def _scale(res: dict[str, Any]) -> list[Row]:
     big, ref = s["large"], s["small"]
     n = f"{big['agents']:,}"
     return [
-        ("scale", f"registration rate ({n} agents)", f"{_f(big['register_per_s'], '{:,.0f}')} /s", "", None),
+        ("scale", f"registration ({n} agents)",
+         f"{_f(big['register_s'], '{:.1f}')} s, {_f(big['register_per_s'], '{:,.0f}')} /s",
+         ">= 16,667 /s (1M in 60 s)", _check(big["register_per_s"], lambda v: v >= 1e6 / 60)),
         ("scale", "manager memory per dormant agent (RSS / traced)",
          f"{_f(big['manager_rss_bytes_per_agent'], '{:,.0f}')} / "
-         f"{_f(big['manager_traced_bytes_per_agent'], '{:,.0f}')} B", "<= 2 KB",
-         _check(big["manager_rss_bytes_per_agent"], lambda v: v <= 2048)),
+         f"{_f(big['manager_traced_bytes_per_agent'], '{:,.0f}')} B", "traced <= 1 KB",
+         _check(big["manager_traced_bytes_per_agent"], lambda v: v <= 1024)),
         ("scale", "disk per agent (allocated / apparent)",
          f"{_f(big['disk_bytes_per_agent'], '{:,.0f}')} / "
          f"{_f(big['disk_apparent_bytes_per_agent'], '{:,.0f}')} B", "", None),
@@ -81,7 +83,7 @@ def _scale(res: dict[str, Any]) -> list[Row]:
         ("scale", f"activation p50 / p99 at {ref['agents']:,}",
          f"{_f(ref['activation_ms']['p50'])} / {_f(ref['activation_ms']['p99'])} ms", "", None),
         ("scale", "activation p50 ratio large / small", f"{_f(s['activation_p50_ratio'], '{:.2f}')}x",
-         "~1x", None),
+         "<= 1.2x", _check(s["activation_p50_ratio"], lambda v: v <= 1.2)),
     ]
 
 
