@@ -41,3 +41,14 @@ def test_a_record_of_no_line_is_unexpected(tmp_path: Path) -> None:
     tasks, out = _files(tmp_path, ["a", "line-2", "b", "zzz"])
     check = check_ledger(out, expected_ids(tasks))
     assert not check.ok and check.figures["unexpected"] == 1
+
+
+def test_a_line_whose_id_cannot_be_written_is_expected_under_a_fallback_id(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"task_id": "a", "agent_id": "x", "prompt": "p"}\n'
+                     '{"task_id": "\\ud800", "agent_id": "x", "prompt": "p", "colour": 1}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ledger.jsonl").write_text('{"task_id": "a"}\n{"task_id": "line-2"}\n')
+    check = check_ledger(out, expected_ids(tasks))
+    assert check.ok, check.line()
