@@ -31,7 +31,7 @@ from agents.events import configure_logging
 from agents.models import AgentSpec, Task
 from pool.actors import MANAGER_NAME, MONITOR_NAME
 from pool.inputs import generated_agents, load_agents, read_tasks
-from pool.ledger import TaskLedger, write_jsonl
+from pool.journal import ResultJournal, write_jsonl
 from pool.manager import PoolManager
 from pool.private import open_private, write_private
 from pool.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
@@ -130,7 +130,7 @@ def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, An
     specs = _specs(opts, loaded.tasks)
     loaded = loaded.for_agents({s.agent_id for s in specs})
     tasks, rejected = loaded.tasks, loaded.rejected
-    ledger = TaskLedger(opts.out / "ledger.jsonl")
+    ledger = ResultJournal(opts.out / "ledger.jsonl")
     ledger.append(rejected)
     todo = [t for t in tasks if t.task_id not in ledger]
     store_root = _store_root(opts)
@@ -157,7 +157,7 @@ def _store_root(opts: RunOptions) -> Path:
     return (root if root.is_absolute() else opts.out / root).resolve()
 
 
-def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: TaskLedger,
+def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: ResultJournal,
            store_root: Path, console: Console, lock: OutLock) -> None:
     connect(opts.settings, opts.address)
     ns = opts.settings.pool.namespace
@@ -179,7 +179,7 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: T
 
 
 def _wait_for_results(opts: RunOptions, specs: list[AgentSpec], todo: list[Task],
-                      ledger: TaskLedger, console: Console, manager: Any) -> None:
+                      ledger: ResultJournal, console: Console, manager: Any) -> None:
     ns = opts.settings.pool.namespace
     boot = _feed(manager, specs, todo, console, ns)
     waiting = {t.task_id for t in todo}

@@ -1,7 +1,7 @@
 """The residency plan: which dormant agents to activate and which residents to park.
 
 Theory of operation. A GPU holds the engine base (weights, CUDA context) plus the footprint of
-each resident agent, and at most `slots_per_gpu` residents (one per warm Host). The `Ledger`
+each resident agent, and at most `slots_per_gpu` residents (one per warm Host). The `VramLedger`
 caps what may be used at `budget_mib * watermark`; `extra_mib` is memory a GPU was measured to
 hold beyond what the ledger accounts for (reconciliation with pynvml), counted as used.
 
@@ -79,7 +79,7 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class Ledger:
+class VramLedger:
     """The VRAM budget of each GPU and the slots it has."""
 
     budget_mib: int  # VRAM of one GPU
@@ -92,7 +92,7 @@ class Ledger:
     kv_bytes_per_token: int = 0  # llama.cpp: a resident counts its slot's tokens x this; 0: agent_mib
 
     @classmethod
-    def from_config(cls, cfg: PoolConfig) -> Ledger:
+    def from_config(cls, cfg: PoolConfig) -> VramLedger:
         return cls(
             budget_mib=cfg.budget_mib,
             watermark=cfg.watermark,
@@ -115,7 +115,7 @@ class Ledger:
     def extra(self, gpu: int) -> int:
         return self.extra_mib[gpu] if gpu < len(self.extra_mib) else 0
 
-    def with_extra(self, gpu: int, mib: int) -> Ledger:
+    def with_extra(self, gpu: int, mib: int) -> VramLedger:
         """The ledger once `gpu` was measured to hold `mib` beyond what it accounts for."""
         extra = list(self.extra_mib) + [0] * (self.num_gpus - len(self.extra_mib))
         extra[gpu] = max(0, mib)
@@ -167,7 +167,7 @@ def served_order(demand: Iterable[Demand]) -> tuple[Demand, ...]:
     return tuple(out)
 
 
-def plan(residents: Sequence[Resident], demand: Sequence[Demand], ledger: Ledger) -> Plan:
+def plan(residents: Sequence[Resident], demand: Sequence[Demand], ledger: VramLedger) -> Plan:
     """Activations and parkings that serve `demand` without crossing the ledger."""
     resident_ids = {r.agent_id for r in residents}
     pressed = frozenset(g for g in range(ledger.num_gpus) if ledger.over_limit(residents, g))
@@ -179,7 +179,7 @@ def plan(residents: Sequence[Resident], demand: Sequence[Demand], ledger: Ledger
     return Plan(activate=state.activate, park=state.park, deferred=state.deferred, shed=shed)
 
 
-def _shed(state: _Working, ledger: Ledger) -> _Working:
+def _shed(state: _Working, ledger: VramLedger) -> _Working:
     """Park idle residents of every GPU over its limit, in eviction order, until it is within."""
     for gpu in range(ledger.num_gpus):
         idle = sorted((r for r in state.residents if r.gpu == gpu and not r.busy and r.footprint_mib),
@@ -194,7 +194,7 @@ def _shed(state: _Working, ledger: Ledger) -> _Working:
     return state
 
 
-def _serve(state: _Working, d: Demand, ledger: Ledger, pressed: frozenset[int]) -> _Working:
+def _serve(state: _Working, d: Demand, ledger: VramLedger, pressed: frozenset[int]) -> _Working:
     if ledger.base_mib + d.footprint_mib > ledger.limit_mib:
         return replace(state, deferred=(*state.deferred, d.agent_id))
     gpus = [g for g in range(ledger.num_gpus) if g not in pressed]
@@ -217,7 +217,7 @@ def _serve(state: _Working, d: Demand, ledger: Ledger, pressed: frozenset[int]) 
 
 
 def _place(
-    state: _Working, d: Demand, ledger: Ledger, gpus: Sequence[int]
+    state: _Working, d: Demand, ledger: VramLedger, gpus: Sequence[int]
 ) -> tuple[int, tuple[Resident, ...]] | None:
     """One of `gpus` for `d` and the residents to park there: a free GPU first, else the
     cheapest eviction."""
@@ -228,7 +228,7 @@ def _place(
 
 
 def _free_gpu(
-    residents: Sequence[Resident], d: Demand, ledger: Ledger, gpus: Sequence[int]
+    residents: Sequence[Resident], d: Demand, ledger: VramLedger, gpus: Sequence[int]
 ) -> int | None:
     """The GPU with the most headroom (lowest index on ties) that takes `d` as it stands."""
     fit = [g for g in gpus if ledger.fits(residents, g, d.footprint_mib)]
@@ -238,7 +238,7 @@ def _free_gpu(
 
 
 def _cheapest_eviction(
-    state: _Working, d: Demand, ledger: Ledger, gpus: Sequence[int]
+    state: _Working, d: Demand, ledger: VramLedger, gpus: Sequence[int]
 ) -> tuple[int, tuple[Resident, ...]] | None:
     """Over `gpus`, the eviction that parks the fewest wanted residents, then the fewest
     residents, then the least important, then leaves the most headroom."""
@@ -264,7 +264,7 @@ def _cheapest_eviction(
     return gpu, victims
 
 
-def _eviction(state: _Working, d: Demand, ledger: Ledger, gpu: int) -> tuple[Resident, ...] | None:
+def _eviction(state: _Working, d: Demand, ledger: VramLedger, gpu: int) -> tuple[Resident, ...] | None:
     """The residents of `gpu` to park, in eviction order, so that `d` fits; None if none do."""
     activated = state.activated()
     candidates = sorted(
@@ -289,7 +289,7 @@ def _trim(
     victims: Sequence[Resident],
     gpu: int,
     d: Demand,
-    ledger: Ledger,
+    ledger: VramLedger,
 ) -> tuple[Resident, ...]:
     """Keep any victim that turns out not to be needed, the most valuable first.
 
@@ -309,7 +309,7 @@ def _fits_without(
     victims: Sequence[Resident],
     gpu: int,
     d: Demand,
-    ledger: Ledger,
+    ledger: VramLedger,
 ) -> bool:
     gone = {v.agent_id for v in victims}
     return ledger.fits([r for r in residents if r.agent_id not in gone], gpu, d.footprint_mib)

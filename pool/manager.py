@@ -35,7 +35,7 @@ from agents.models import AgentSpec, Task, TaskResult, TaskStatus
 from agents.state import AgentState
 from pool.actors import MONITOR_NAME, MonitorActor
 from pool.agent_table import AgentTable, committed_or_initial, initial_bytes
-from pool.budget import Demand, Ledger, Resident, plan
+from pool.budget import Demand, Resident, VramLedger, plan
 from pool.checkpoint import CheckpointStore
 from pool.deaths import count_deaths, forget
 from pool.gate import start_gate
@@ -75,7 +75,7 @@ class PoolManager(VramControl, Queries):
         self.registry.add_rows(self.table.load())
         self.queues: dict[str, deque[Item]] = {}
         self.slots: list[Slot] = []
-        self.ledger = Ledger.from_config(self.cfg)
+        self.ledger = VramLedger.from_config(self.cfg)
         self.results: list[TaskResult] = []
         self.events = EventSink("pool-manager")
         self.metrics = PoolMetrics(self.cfg.namespace)

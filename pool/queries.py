@@ -11,7 +11,7 @@ from typing import Any
 
 from agents.events import EventSink
 from agents.state import AgentState
-from pool.budget import Ledger, Resident
+from pool.budget import Resident, VramLedger
 from pool.checkpoint import CheckpointStore
 from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
@@ -23,7 +23,7 @@ GAUGE_INTERVAL_S = 2.0
 
 class Queries:
     slots: list[Slot]
-    ledger: Ledger
+    ledger: VramLedger
     registry: Registry
     store: CheckpointStore
     queues: dict[str, deque[Any]]

@@ -24,7 +24,7 @@ from agents.models import TaskStatus
 from agents.state import AgentState
 from pool.checkpoint import CheckpointStore
 from pool.deadletters import DeadLetterTable
-from pool.ledger import TaskLedger
+from pool.journal import ResultJournal
 from pool.runs import LOCK_NAME, check_out_folder
 from recovery.monitor import fold_letters
 
@@ -55,7 +55,7 @@ def retry_offline(out: Path, store_root: Path, agent_ids: list[str] | None) -> l
     check_out_folder(out)
     store, table = CheckpointStore(store_root), DeadLetterTable(store_root)
     with _holding(out):
-        ledger = TaskLedger(out / "ledger.jsonl")
+        ledger = ResultJournal(out / "ledger.jsonl")
         try:
             failed, _ = fold_letters(table.read())
             ids = agent_ids if agent_ids is not None else _failed_agents(store, failed, ledger)
@@ -64,7 +64,7 @@ def retry_offline(out: Path, store_root: Path, agent_ids: list[str] | None) -> l
             ledger.close()
 
 
-def _retry_one(store: CheckpointStore, table: DeadLetterTable, ledger: TaskLedger,
+def _retry_one(store: CheckpointStore, table: DeadLetterTable, ledger: ResultJournal,
                agent_id: str, marked: bool) -> Retried:
     known = store.exists(agent_id)
     released = (known and _release(store, agent_id)) or marked
@@ -84,7 +84,7 @@ def _release(store: CheckpointStore, agent_id: str) -> bool:
     return True
 
 
-def _failed_agents(store: CheckpointStore, failed: dict[str, str], ledger: TaskLedger) -> list[str]:
+def _failed_agents(store: CheckpointStore, failed: dict[str, str], ledger: ResultJournal) -> list[str]:
     """The agents the table marks FAILED, and those with failed tasks whose checkpoint is FAILED
     (a run before the table; only they are read: not every agent of a large run)."""
     named = {r.agent_id for r in ledger.records.values()

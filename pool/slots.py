@@ -21,7 +21,7 @@ from agents.config import DAY_S, EngineKind, Settings
 from agents.engines.memory import MemoryPlan, plan_memory, read_shape
 from agents.errors import UsageError
 from pool.actors import HostActor
-from pool.budget import Ledger
+from pool.budget import VramLedger
 from pool.hosts import Done, HostClient
 
 
@@ -60,16 +60,16 @@ def memory_plan(settings: Settings) -> MemoryPlan | None:
     return plan_memory(shape, p.budget_mib, p.watermark, e.n_ctx, p.slots_per_gpu, e.compute_mib)
 
 
-def empty_ledger(settings: Settings, gpus: int) -> Ledger:
+def empty_ledger(settings: Settings, gpus: int) -> VramLedger:
     """The ledger of `gpus` GPUs before any agent is resident."""
     cfg, mem = settings.pool, memory_plan(settings)
     if mem is None:
-        return replace(Ledger.from_config(cfg), num_gpus=gpus)
-    return Ledger(cfg.budget_mib, cfg.watermark, math.ceil(mem.base_mib), gpus, mem.residents,
+        return replace(VramLedger.from_config(cfg), num_gpus=gpus)
+    return VramLedger(cfg.budget_mib, cfg.watermark, math.ceil(mem.base_mib), gpus, mem.residents,
                   agent_mib=math.ceil(mem.slot_mib), kv_bytes_per_token=mem.kv_bytes_per_token)
 
 
-def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], Ledger]:
+def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], VramLedger]:
     """As many Hosts on every GPU of every live GPU node as the ledger lets reside there
     (`slots_per_gpu`, or fewer when llama.cpp's KV slots do not fit), and that ledger."""
     cfg = settings.pool

@@ -27,7 +27,7 @@ from agents.config import PoolConfig
 from agents.engines.gpumem import total_used
 from agents.errors import UsageError
 from agents.events import EventSink
-from pool.budget import Ledger, Resident
+from pool.budget import Resident, VramLedger
 from pool.checkpoint import CheckpointStore
 from pool.hosts import Done, HostClient, Reply
 from pool.slots import Slot
@@ -40,7 +40,7 @@ class VramControl:
     cfg: PoolConfig
     store: CheckpointStore
     slots: list[Slot]
-    ledger: Ledger
+    ledger: VramLedger
     events: EventSink
     reviving: set[str]
     paused: dict[int, str]  # gpu -> "slept" | "parked" while the pool has given the GPU back

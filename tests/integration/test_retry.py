@@ -13,7 +13,7 @@ from agents.config import load_settings
 from pool.batch import RunOptions, run_batch
 from pool.checks import check_ledger, expected_ids
 from pool.cli import main
-from pool.ledger import TaskLedger
+from pool.journal import ResultJournal
 from pool.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def test_retry_out_requeues_failed_tasks_and_the_next_run_runs_them(
     faults = {"oom": 0.2, "permanent": 0.4, "garbage": 0.1, "crash": 0.1}  # as test_ops: FAILED agents
     first = run_batch(RunOptions(tasks=tasks, out=out, agents=AGENTS, progress=False,
                                  settings=_settings(faults)))  # type: ignore[arg-type]
-    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger = ResultJournal(out / "ledger.jsonl")
     failed = {t: r.agent_id for t, r in ledger.records.items() if r.status.value == "failed"}
     ledger.close()
     assert first["failed"] and failed, "the fault mix leaves failed tasks"
@@ -46,7 +46,7 @@ def test_retry_out_requeues_failed_tasks_and_the_next_run_runs_them(
     assert got.exit_code == 0, got.output
     assert "released to DORMANT" in got.output
 
-    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger = ResultJournal(out / "ledger.jsonl")
     requeued = set(failed) - set(ledger.records)
     ledger.close()
     assert requeued, "the FAILED agents' failed tasks are requeued"

@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 from agents.config import PoolConfig
 from pool.budget import (
     Demand,
-    Ledger,
     Placement,
     Plan,
     Resident,
+    VramLedger,
     apply_plan,
     plan,
     served_order,
 )
 
 # 1000 MiB limit, 100 MiB base: 900 MiB for agents per GPU.
-LEDGER = Ledger(budget_mib=1000, watermark=1.0, base_mib=100, num_gpus=1, slots_per_gpu=3)
+LEDGER = VramLedger(budget_mib=1000, watermark=1.0, base_mib=100, num_gpus=1, slots_per_gpu=3)
 
 
 def res(
@@ -43,13 +43,13 @@ def dem(agent_id: str, priority: int = 5, mib: int = 100) -> Demand:
 
 
 def test_ledger_from_config_and_arithmetic() -> None:
-    ledger = Ledger.from_config(PoolConfig())
-    assert ledger == Ledger(8192, 0.85, 600, 1, 12, agent_mib=320)
+    ledger = VramLedger.from_config(PoolConfig())
+    assert ledger == VramLedger(8192, 0.85, 600, 1, 12, agent_mib=320)
     assert ledger.limit_mib == pytest.approx(6963.2)
     residents = [res("a", mib=320), res("b", gpu=1, mib=999)]
     assert ledger.used(residents, 0) == 920
     assert ledger.headroom([], 0) == pytest.approx(1 - 600 / 6963.2)
-    over = Ledger(1000, 1.0, 900, 1, 3)
+    over = VramLedger(1000, 1.0, 900, 1, 3)
     assert over.headroom([res("a", mib=200)], 0) == pytest.approx(-0.1)
 
 
@@ -62,7 +62,7 @@ def test_fills_free_slots_first() -> None:
 def test_serves_highest_priority_first_stable_within_priority() -> None:
     demand = [dem("low1", 1), dem("hi1", 9), dem("low2", 1), dem("hi2", 9)]
     assert [d.agent_id for d in served_order(demand)] == ["hi1", "hi2", "low1", "low2"]
-    one_slot = Ledger(1000, 1.0, 100, 1, 1)
+    one_slot = VramLedger(1000, 1.0, 100, 1, 1)
     p = plan([], demand, one_slot)
     assert p.activate == (Placement("hi1", 0),)
     assert p.deferred == ("hi2", "low1", "low2")
@@ -121,7 +121,7 @@ def test_does_not_park_more_than_needed() -> None:
 
 
 def test_spreads_over_gpus_by_headroom() -> None:
-    ledger = Ledger(1000, 1.0, 100, num_gpus=3, slots_per_gpu=3)
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=3, slots_per_gpu=3)
     residents = [res("a", gpu=0, mib=300), res("b", gpu=1, mib=100), res("c", gpu=2, mib=200)]
     p = plan(residents, [dem("x", mib=50), dem("y", mib=50), dem("z", mib=50)], ledger)
     # Used 400/200/300: x and y go to gpu1 (most headroom); then gpu1's slots are full and
@@ -132,7 +132,7 @@ def test_spreads_over_gpus_by_headroom() -> None:
 
 
 def test_free_gpu_preferred_over_parking_and_lowest_index_on_ties() -> None:
-    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=1)
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=1)
     p = plan([res("a", gpu=0, priority=0)], [dem("x")], ledger)
     assert p == Plan(activate=(Placement("x", 1),), park=(), deferred=())
     p = plan([], [dem("x"), dem("y")], ledger)
@@ -140,7 +140,7 @@ def test_free_gpu_preferred_over_parking_and_lowest_index_on_ties() -> None:
 
 
 def test_parks_on_the_gpu_where_it_costs_least() -> None:
-    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=1)
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=1)
     residents = [res("w", gpu=0, priority=0, wanted=True), res("i", gpu=1, priority=8)]
     assert plan(residents, [dem("x", 9)], ledger).park == ("i",)
 
@@ -166,7 +166,7 @@ def test_sheds_idle_residents_of_a_gpu_over_its_limit_in_eviction_order() -> Non
 
 
 def test_shedding_stops_at_busy_residents_and_nothing_is_placed_there() -> None:
-    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=3).with_extra(0, 900)
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=3).with_extra(0, 900)
     p = plan([res("b", busy=True), res("i")], [dem("x")], ledger)
     assert p.shed == ("i",) and p.activate == (Placement("x", 1),)
 
@@ -174,7 +174,7 @@ def test_shedding_stops_at_busy_residents_and_nothing_is_placed_there() -> None:
 def test_a_gpu_over_its_limit_takes_no_one_in_the_plan_that_sheds_it() -> None:
     # The pool counts memory freed by shedding only once a new reading shows it, so a GPU over
     # its limit must not take an agent back in the same plan (it would be shed again: churn).
-    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2).with_extra(0, 750)  # 1050
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2).with_extra(0, 750)  # 1050
     residents = [res("i1", last_used=1.0), res("i2", last_used=2.0),
                  res("b1", gpu=1, busy=True), res("b2", gpu=1, busy=True)]
     p = plan(residents, [dem("x"), Demand("m", 5, 100, avoid_gpu=0)], ledger)
@@ -182,7 +182,7 @@ def test_a_gpu_over_its_limit_takes_no_one_in_the_plan_that_sheds_it() -> None:
 
 
 def test_a_migration_off_a_pressed_gpu_goes_elsewhere_even_by_parking() -> None:
-    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
     moving = Demand("m", 5, 100, avoid_gpu=0)
     # Its own GPU has a free slot and the most headroom; the other must park one to take it.
     residents = [res("a", gpu=1), res("b", gpu=1, mib=50)]
@@ -194,7 +194,7 @@ def test_a_migration_off_a_pressed_gpu_goes_elsewhere_even_by_parking() -> None:
 
 
 def test_deferral_when_everything_is_busy() -> None:
-    ledger = Ledger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
+    ledger = VramLedger(1000, 1.0, 100, num_gpus=2, slots_per_gpu=2)
     residents = [res(f"b{i}", gpu=i % 2, busy=True) for i in range(4)]
     p = plan(residents, [dem("x", 9), dem("y", 0)], ledger)
     assert p == Plan(activate=(), park=(), deferred=("x", "y"))
@@ -209,7 +209,7 @@ def test_oversize_footprint_deferred_without_parking() -> None:
 
 
 def test_agent_activated_in_plan_is_not_parked_for_a_later_demand() -> None:
-    one_slot = Ledger(1000, 1.0, 100, 1, 1)
+    one_slot = VramLedger(1000, 1.0, 100, 1, 1)
     p = plan([], [dem("x", 0), dem("y", 9)], one_slot)
     assert p == Plan(activate=(Placement("y", 0),), park=(), deferred=("x",))
     p = plan([], [dem("x", 9), dem("y", 9)], one_slot)
@@ -219,7 +219,7 @@ def test_agent_activated_in_plan_is_not_parked_for_a_later_demand() -> None:
 def test_apply_plan_folds_parks_and_activations() -> None:
     residents = (res("a", priority=0, last_used=1.0), res("b", busy=True))
     demand = [dem("x", 4, mib=250)]
-    p = plan(residents, demand, Ledger(1000, 1.0, 100, 1, 2))
+    p = plan(residents, demand, VramLedger(1000, 1.0, 100, 1, 2))
     assert p.park == ("a",)
     after = apply_plan(residents, p, demand, now=42.0)
     assert after == (
@@ -243,11 +243,11 @@ AGENTS = [f"a{i}" for i in range(24)]
 
 
 @st.composite
-def ledgers(draw: st.DrawFn) -> Ledger:
+def ledgers(draw: st.DrawFn) -> VramLedger:
     budget = draw(st.integers(64, 4096))
     watermark = draw(st.floats(0.1, 1.0))
     gpus = draw(st.integers(1, 3))
-    return Ledger(
+    return VramLedger(
         budget_mib=budget,
         watermark=watermark,
         # An engine base over the limit leaves no GPU valid even when empty: a bad config.
@@ -257,7 +257,7 @@ def ledgers(draw: st.DrawFn) -> Ledger:
     )
 
 
-def measured(ledger: Ledger) -> st.SearchStrategy[Ledger]:
+def measured(ledger: VramLedger) -> st.SearchStrategy[VramLedger]:
     """The ledger after a reconciliation found some GPUs holding more than it accounts for."""
     extra = st.lists(st.integers(0, ledger.budget_mib), min_size=ledger.num_gpus,
                      max_size=ledger.num_gpus)
@@ -276,7 +276,7 @@ def demands(budget: int) -> st.SearchStrategy[list[Demand]]:
 
 
 def check_invariants(
-    before: tuple[Resident, ...], demand: list[Demand], p: Plan, ledger: Ledger
+    before: tuple[Resident, ...], demand: list[Demand], p: Plan, ledger: VramLedger
 ) -> tuple[Resident, ...]:
     by_id = {r.agent_id: r for r in before}
     activated = [a.agent_id for a in p.activate]
@@ -313,7 +313,7 @@ def check_invariants(
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), ledger=ledgers())
-def test_rounds_never_cross_budget_or_slots(data: st.DataObject, ledger: Ledger) -> None:
+def test_rounds_never_cross_budget_or_slots(data: st.DataObject, ledger: VramLedger) -> None:
     residents: tuple[Resident, ...] = ()
     for now in range(data.draw(st.integers(1, 8))):
         if data.draw(st.booleans()):  # a reconciliation between rounds
@@ -339,7 +339,7 @@ def test_rounds_never_cross_budget_or_slots(data: st.DataObject, ledger: Ledger)
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), ledger=ledgers())
 def test_plan_is_deterministic_and_parks_nothing_on_an_empty_pool(
-    data: st.DataObject, ledger: Ledger
+    data: st.DataObject, ledger: VramLedger
 ) -> None:
     demand = data.draw(demands(ledger.budget_mib))
     first = plan([], demand, ledger)

@@ -10,7 +10,7 @@ import pytest
 from agents.errors import UsageError
 from agents.models import MAX_PROMPT_CHARS, TaskResult, TaskStatus
 from pool.inputs import load_agents, load_tasks
-from pool.ledger import TaskLedger
+from pool.journal import ResultJournal
 
 GOOD = {"task_id": "t1", "agent_id": "a1", "prompt": "hello"}
 
@@ -62,13 +62,13 @@ def test_missing_files_are_usage_errors(tmp_path: Path) -> None:
 
 def test_ledger_survives_a_torn_line_and_never_duplicates(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    ledger = TaskLedger(path)
+    ledger = ResultJournal(path)
     rec = TaskResult(task_id="t1", agent_id="a", status=TaskStatus.SUCCEEDED)
     assert ledger.append([rec, rec]) == [rec]
     ledger.close()
     with open(path, "ab") as fh:
         fh.write(b'{"task_id": "t2", "agent_')  # the driver died mid-write
-    again = TaskLedger(path)
+    again = ResultJournal(path)
     assert list(again.records) == ["t1"]
     assert again.append([rec]) == []
     again.append([rec.model_copy(update={"task_id": "t2"})])
@@ -101,10 +101,10 @@ def test_a_rejected_lines_fallback_id_never_shadows_a_real_task_id(tmp_path: Pat
 
 def _ledger_round_trip(tmp_path: Path, records: list[TaskResult]) -> list[str]:
     """What the ledger keeps of `records` after a restart (the path every rejected row takes)."""
-    ledger = TaskLedger(tmp_path / "ledger.jsonl")
+    ledger = ResultJournal(tmp_path / "ledger.jsonl")
     ledger.append(records)
     ledger.close()
-    return list(TaskLedger(tmp_path / "ledger.jsonl").records)
+    return list(ResultJournal(tmp_path / "ledger.jsonl").records)
 
 
 def test_lines_that_crashed_the_loader_become_rejected_rows(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from agents.engines.gpumem import MIB
 from agents.engines.memory import LLAMA_3_2_1B, LLAMA_3_2_3B, ModelShape, plan_memory
 from agents.errors import UsageError
-from pool.budget import Ledger
+from pool.budget import VramLedger
 
 SMOL = ModelShape("smol", layers=30, kv_heads=3, head_dim=64, weights_bytes=96_573_440,
                   ctx_train=8192)
@@ -38,10 +38,10 @@ def test_a_context_that_does_not_fit_is_a_usage_error_naming_the_numbers() -> No
 
 
 def test_the_ledger_counts_a_residents_slot_tokens_rounded_up() -> None:
-    ledger = Ledger(8192, 0.85, 111, 1, 12, agent_mib=45, kv_bytes_per_token=23040)
+    ledger = VramLedger(8192, 0.85, 111, 1, 12, agent_mib=45, kv_bytes_per_token=23040)
     assert ledger.footprint(0) == 0 and ledger.footprint(1) == 1
     assert ledger.footprint(1000) == -(-1000 * 23040 // MIB) == 22
-    assert Ledger(8192, 0.85, 600, 1, 12, agent_mib=320).footprint(1000) == 320  # not by tokens
+    assert VramLedger(8192, 0.85, 600, 1, 12, agent_mib=320).footprint(1000) == 320  # not by tokens
 
 
 def test_selfheal_plan_prints_the_arithmetic_and_refuses_bad_input(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from agents.config import load_settings
 from agents.models import AgentRecord, AgentSpec, TaskResult, TaskStatus
 from pool.checkpoint import CheckpointStore
-from pool.ledger import TaskLedger, write_jsonl
+from pool.journal import ResultJournal, write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -64,12 +64,12 @@ def test_the_ledger_and_its_quarantine_are_private(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir(mode=0o700)
     rec = TaskResult(task_id="t1", agent_id="a", status=TaskStatus.SUCCEEDED)
-    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger = ResultJournal(out / "ledger.jsonl")
     ledger.append([rec])
     ledger.close()
     with open(out / "ledger.jsonl", "ab") as fh:
         fh.write(b"bad line\n" + rec.model_copy(update={"task_id": "t2"}).model_dump_json().encode())
-    TaskLedger(out / "ledger.jsonl").close()  # sets the bad line aside, rewrites the ledger
+    ResultJournal(out / "ledger.jsonl").close()  # sets the bad line aside, rewrites the ledger
     write_jsonl(out / "events.jsonl", [{"event": "x"}])
     assert sorted(p.name for p in out.iterdir()) == [
         "events.jsonl", "ledger.jsonl", "ledger.quarantine.jsonl"]
@@ -80,7 +80,7 @@ def test_an_older_wider_ledger_is_narrowed_when_opened(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(b"")
     os.chmod(path, 0o644)  # written by an earlier version
-    TaskLedger(path).close()
+    ResultJournal(path).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -91,7 +91,7 @@ def test_results_and_summary_are_private(tmp_path: Path) -> None:
     tasks.write_text(json.dumps({"task_id": "t1", "agent_id": "a", "prompt": "hi"}) + "\n")
     out = tmp_path / "out"
     out.mkdir(mode=0o700)
-    ledger = TaskLedger(out / "ledger.jsonl")  # every task committed: the run needs no Ray
+    ledger = ResultJournal(out / "ledger.jsonl")  # every task committed: the run needs no Ray
     ledger.append([TaskResult(task_id="t1", agent_id="a", status=TaskStatus.SUCCEEDED)])
     ledger.close()
     settings = load_settings(overrides={"engine": {"kind": "scripted"}})

@@ -14,7 +14,7 @@ import pytest
 import pool.vram
 from agents.config import PoolConfig
 from agents.events import EventSink
-from pool.budget import Ledger, Resident
+from pool.budget import Resident, VramLedger
 from pool.checkpoint import CheckpointStore
 from pool.hosts import HostClient
 from pool.slots import Slot
@@ -50,7 +50,7 @@ class _Pool(VramControl):
         self.slots = [Slot(HostClient(h, f"h{i}", self.cfg.watchdog_s), 0) for i, h in enumerate(hosts)]
         for slot, agent in zip(self.slots, agents, strict=True):
             slot.agent = agent
-        self.ledger = Ledger(8192, 0.85, 600, 1, len(hosts), agent_mib=320)
+        self.ledger = VramLedger(8192, 0.85, 600, 1, len(hosts), agent_mib=320)
         self.events = EventSink("test")
         self.reviving: set[str] = set()
         self.paused: dict[int, str] = {}

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.models import TaskResult, TaskStatus
-from pool.ledger import TaskLedger
+from pool.journal import ResultJournal
 
 
 def _rec(task_id: str, status: TaskStatus = TaskStatus.SUCCEEDED, agent_id: str = "a") -> TaskResult:
@@ -41,7 +41,7 @@ def test_a_bad_record_in_the_middle_keeps_every_later_record(tmp_path: Path, bad
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(_line("t1") + _line("t2") + BAD_LINES[bad] + _line("t3") + _line("t4"))
     with capture_logs() as logs:
-        ledger = TaskLedger(path)
+        ledger = ResultJournal(path)
     assert list(ledger.records) == ["t1", "t2", "t3", "t4"], "nothing after the bad line is lost"
     assert ledger.quarantined == 1
     assert ledger.notice is not None and "1 bad line" in ledger.notice and "line 3" in ledger.notice
@@ -55,7 +55,7 @@ def test_a_bad_record_in_the_middle_keeps_every_later_record(tmp_path: Path, bad
     ledger.close()
     ids = [json.loads(line)["task_id"] for line in path.read_text().splitlines()]
     assert ids == ["t1", "t2", "t3", "t4", "t5"]
-    again = TaskLedger(path)
+    again = ResultJournal(path)
     assert again.quarantined == 0 and again.notice is None and len(_quarantine(path)) == 1
     again.close()
 
@@ -63,7 +63,7 @@ def test_a_bad_record_in_the_middle_keeps_every_later_record(tmp_path: Path, bad
 def test_several_bad_lines_are_each_set_aside_in_order(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(b"oops\n" + _line("t1") + b"{}\n" + _line("t2") + b"]\n")
-    ledger = TaskLedger(path)
+    ledger = ResultJournal(path)
     assert list(ledger.records) == ["t1", "t2"] and ledger.quarantined == 3
     assert [q["line"] for q in _quarantine(path)] == [1, 3, 5]
     ledger.close()
@@ -72,7 +72,7 @@ def test_several_bad_lines_are_each_set_aside_in_order(tmp_path: Path) -> None:
 def test_a_torn_last_line_is_cut_not_quarantined(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(_line("t1") + b"garbage\n" + _line("t2") + b'{"task_id": "t3", "ag')
-    ledger = TaskLedger(path)
+    ledger = ResultJournal(path)
     assert list(ledger.records) == ["t1", "t2"] and ledger.quarantined == 1
     assert [q["line"] for q in _quarantine(path)] == [2]
     ledger.close()
@@ -82,7 +82,7 @@ def test_a_torn_last_line_is_cut_not_quarantined(tmp_path: Path) -> None:
 def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(_line("t1") + _line("t2").rstrip(b"\n"))  # killed just before the newline
-    ledger = TaskLedger(path)
+    ledger = ResultJournal(path)
     assert list(ledger.records) == ["t1", "t2"] and ledger.quarantined == 0
     ledger.append([_rec("t3")])
     ledger.close()
@@ -92,7 +92,7 @@ def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> N
 def test_the_first_record_of_a_task_wins(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(_line("t1") + _line("t1", status=TaskStatus.FAILED))
-    ledger = TaskLedger(path)
+    ledger = ResultJournal(path)
     assert ledger.records["t1"].status is TaskStatus.SUCCEEDED and len(ledger) == 1
     ledger.close()
 
@@ -102,18 +102,18 @@ def test_the_first_record_of_a_task_wins(tmp_path: Path) -> None:
 
 def test_a_requeued_task_is_forgotten_and_its_rerun_committed(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    ledger = TaskLedger(path)
+    ledger = ResultJournal(path)
     ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2"), _rec("t3", TaskStatus.FAILED),
                    _rec("t4", TaskStatus.FAILED, agent_id="b")])
     assert ledger.failed_of("a") == ["t1", "t3"]
     assert ledger.requeue(["t1", "t3", "t9"], reason="agent a released") == ["t1", "t3"]
     assert "t1" not in ledger and "t3" not in ledger and "t2" in ledger
     ledger.close()
-    again = TaskLedger(path)  # the next run: it runs t1 and t3 again
+    again = ResultJournal(path)  # the next run: it runs t1 and t3 again
     assert sorted(again.records) == ["t2", "t4"] and again.quarantined == 0
     again.append([_rec("t1"), _rec("t3", TaskStatus.FAILED)])
     again.close()
-    last = TaskLedger(path)
+    last = ResultJournal(path)
     assert last.records["t1"].status is TaskStatus.SUCCEEDED
     assert last.records["t3"].status is TaskStatus.FAILED and len(last) == 4
     last.close()
@@ -125,7 +125,7 @@ def test_a_requeued_task_is_forgotten_and_its_rerun_committed(tmp_path: Path) ->
 def test_check_ledger_counts_a_rerun_after_a_requeue_once(tmp_path: Path) -> None:
     from pool.checks import Expected, check_ledger
 
-    ledger = TaskLedger(tmp_path / "ledger.jsonl")
+    ledger = ResultJournal(tmp_path / "ledger.jsonl")
     ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2")])
     ledger.requeue(["t1"], reason="retry")
     ledger.append([_rec("t1")])
@@ -151,7 +151,7 @@ def test_selfheal_retry_out_releases_the_agent_and_requeues_its_failed_tasks(
                          failed_reason="its Host died 3 times")
     store.write(failed, epoch=6)
     store.write(AgentRecord(spec=AgentSpec(agent_id="b")), epoch=1)
-    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger = ResultJournal(out / "ledger.jsonl")
     ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2"), _rec("t3", TaskStatus.FAILED),
                    _rec("t4", TaskStatus.FAILED, agent_id="b")])
     ledger.close()
@@ -165,7 +165,7 @@ def test_selfheal_retry_out_releases_the_agent_and_requeues_its_failed_tasks(
     record, entry = store.read("a")
     assert record.state is AgentState.DORMANT and record.failed_reason is None
     assert entry.epoch > 6
-    rerun = TaskLedger(out / "ledger.jsonl")  # what the next `selfheal run --out` skips
+    rerun = ResultJournal(out / "ledger.jsonl")  # what the next `selfheal run --out` skips
     assert sorted(rerun.records) == ["t2", "t4"]
     rerun.close()
     assert [r["kind"] for r in table.read()][-1] == "released"
@@ -192,7 +192,7 @@ def test_retry_all_out_takes_the_failed_agents_from_the_dead_letter_table(tmp_pa
     store = CheckpointStore(out / "checkpoints")
     for agent_id in ("a", "b"):
         store.write(AgentRecord(spec=AgentSpec(agent_id=agent_id)), epoch=1)
-    ledger = TaskLedger(out / "ledger.jsonl")
+    ledger = ResultJournal(out / "ledger.jsonl")
     ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2", TaskStatus.FAILED, agent_id="b")])
     ledger.close()
     DeadLetterTable(store.root).append([{"kind": "agent_failed", "agent_id": "a", "reason": "x"}])
@@ -200,6 +200,6 @@ def test_retry_all_out_takes_the_failed_agents_from_the_dead_letter_table(tmp_pa
     assert got.exit_code == 0, got.output
     assert got.output.splitlines() == [f"a: released to DORMANT; 1 failed task requeued in {out} "
                                        f"(the next `selfheal run --out {out}` runs them)"]
-    again = TaskLedger(out / "ledger.jsonl")
+    again = ResultJournal(out / "ledger.jsonl")
     assert sorted(again.records) == ["t2"], "b is not FAILED: its failed task stays failed"
     again.close()

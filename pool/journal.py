@@ -1,6 +1,7 @@
-"""The task ledger: exactly one terminal record per task, durable across driver crashes.
+"""The result journal: exactly one terminal record per task, durable across driver crashes.
 
-An append-only JSONL journal, flushed and fsynced after each batch of records. A record counts as
+It lives in `<out>/ledger.jsonl` (the name earlier runs wrote, kept so their `--out` still
+resumes). An append-only JSONL file, flushed and fsynced after each batch of records. A record counts as
 committed once its line is complete on disk. Reading keeps the first record of a task id, so a
 duplicate can never reach the results. A `requeued` line (`selfheal retry --out`: a person sent
 a failed task back) makes reading forget the task's earlier record, so the next run with this
@@ -43,7 +44,9 @@ class Requeued(BaseModel):
     ts: float = Field(description="When (Unix time).")
 
 
-class TaskLedger:
+class ResultJournal:
+    """The terminal `TaskResult` of each task of one `--out`, by task id."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[str, TaskResult] = {}
