@@ -232,7 +232,7 @@ class HostRuntime(Residency):
         """The monitor's pure functions without its memory: no peers, no supervision history;
         the task's attempts and tiers come from its carry, so the attempt cap still holds."""
         report = score(signals, self.settings.health)
-        history = History(attempts=run.carry.attempt, tiers_used=run.carry.tiers)
+        history = History(attempts=run.carry.attempt, tiers_used=signals.tiers_used)
         return report, decide(report, history, self.settings.recovery, self.clock())
 
     def _signals(self, run: _Run, headroom: float) -> Signals:
@@ -251,6 +251,7 @@ class HostRuntime(Residency):
             pattern=t.pattern,
             samples=run.samples,
             fault=run.fault.fault if run.fault else FaultClass.NONE,
+            tiers_used=run.carry.tiers,  # with `attempt`: the task's recovery so far, its own
         )
 
     def _recover(self, assessed: list[tuple[_Run, Verdict]], done: list[Outcome]) -> list[_Run]:

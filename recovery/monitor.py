@@ -2,10 +2,12 @@
 
 For each outcome it fills in the peers' and the agent's own earlier answers to the same prompt
 (consistency), scores it, and asks the policy for a decision with the agent's supervision
-history, which it keeps. FAILED agents and dead-lettered tasks are kept with their reasons until
-a person releases them; each such fact (and each release) also goes to `journal`, which the Ray
-actor in `pool/actors.py` points at the store's dead-letter table (`pool.deadletters`), and a new
-monitor `replay`s that table, so a restart loses none of them. The actor only wraps this class.
+history, which it keeps. A task's attempt and tiers come with it (the Host's carry): the monitor
+keeps no per-task state, so a restarted monitor still holds a task to the attempt cap. FAILED
+agents and dead-lettered tasks are kept with their reasons until a person releases them; each
+such fact (and each release) also goes to `journal`, which the Ray actor in `pool/actors.py`
+points at the store's dead-letter table (`pool.deadletters`), and a new monitor `replay`s that
+table, so a restart loses none of them. The actor only wraps this class.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from recovery.types import Action, Decision, HealthReport, History, Signals
 _PEERS_PER_PROMPT = 8
 _PROMPTS_KEPT = 20_000
 _REPORTS_PER_AGENT = 5
-_RETRYING = frozenset({Action.RETRY, Action.COMPRESS, Action.MIGRATE})
 
 
 def _key(prompt: str) -> str:
@@ -47,7 +48,6 @@ class Monitor:
         self.journal = journal  # keeps dead letters, failures and releases (durably, at the edge)
         self.events = EventSink("health-monitor")
         self.histories: dict[str, History] = {}
-        self.tasks: dict[tuple[str, str], History] = {}  # open tasks' attempts, until terminal
         self.answers: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
         self.reports: dict[str, deque[dict[str, Any]]] = {}
         self.failed: dict[str, str] = {}
@@ -67,15 +67,12 @@ class Monitor:
         peers = tuple(a for who, a in seen if who != agent_id)
         own = tuple(a for who, a in seen if who == agent_id)
         report = score(replace(signals, peers=peers, own_past=own), self.health)
-        # restarts and floor belong to the agent; attempts and tiers to the task (tasks of one
-        # agent are assessed interleaved in a batch)
+        # restarts and floor belong to the agent; attempts and tiers to the task, which carries
+        # them (tasks of one agent are assessed interleaved in a batch)
         agent = self.histories.get(agent_id, History())
-        task = self.tasks.pop((agent_id, task_id), History()) if attempt else History()
-        history = replace(agent, attempts=task.attempts, tiers_used=task.tiers_used)
+        history = replace(agent, attempts=attempt, tiers_used=signals.tiers_used)
         decision = decide(report, history, self.recovery, now)
         self.histories[agent_id] = decision.history.for_new_task()
-        if decision.action in _RETRYING:
-            self.tasks[(agent_id, task_id)] = decision.history
         self._remember(agent_id, key, signals.text, decision)
         self._record(agent_id, task_id, report, decision)
         return report, decision

@@ -30,6 +30,9 @@ class Signals:
     own_past: tuple[str, ...] = ()  # this agent's earlier answers to the same prompt
     samples: tuple[str, ...] = ()  # this step's other votes (self-consistency), if it voted
     fault: FaultClass = FaultClass.NONE  # set when the engine raised
+    # the tiers the task has used so far: they travel with the task (the Host's Carry), like its
+    # attempt count, so the monitor keeps no per-task state and a restarted one keeps the cap
+    tiers_used: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

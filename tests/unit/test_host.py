@@ -382,3 +382,23 @@ def test_a_backoff_that_cannot_be_slept_fails_the_retrying_tasks_alone(tmp_path:
     assert [o.result.status for o in outcomes] == [TaskStatus.FAILED] * 3
     assert all(o.result.error.startswith("OverflowError") for o in outcomes)
     assert host.agent.state is not AgentState.FAILED
+
+
+def test_a_carried_task_brings_its_attempt_and_tiers_to_a_fresh_monitor(tmp_path: Path) -> None:
+    """A task that used tier 1 twice (its carry says so) escalates to tier 2 on a Host whose
+    monitor never saw it (a restarted monitor, or a migrated task)."""
+    from pool.host import Carry
+
+    host, _ = _host(tmp_path, "garbage")
+    seen: list[tuple[int, tuple[int, ...]]] = []
+    fresh = Monitor(host.settings.health, host.settings.recovery, clock=lambda: 0.0)
+
+    def assess(agent_id: str, items: list) -> list:
+        seen.extend((attempt, sig.tiers_used) for _, _, attempt, sig in items)
+        return fresh.assess(agent_id, items)
+
+    host.assess = assess
+    carry = Carry(params=GenerationParams(), attempt=2, tiers=(1, 1))
+    host.run([(Task(task_id="t", agent_id="a1", prompt="p"), carry)], headroom=0.5)
+    assert seen[0] == (2, (1, 1))
+    assert seen[1][1] == (1, 1, 2), "the first decision escalated to tier 2 (compress)"

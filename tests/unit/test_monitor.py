@@ -1,4 +1,4 @@
-"""The monitor keeps restarts per agent and attempts per task."""
+"""The monitor keeps restarts per agent; attempts and tiers travel with the task (its Carry)."""
 
 from agents.config import HealthConfig, RecoveryConfig
 from agents.errors import FaultClass
@@ -7,9 +7,9 @@ from recovery.monitor import Monitor
 from recovery.types import Action, Signals
 
 
-def _sig(text: str = "", fault: FaultClass = FaultClass.NONE) -> Signals:
+def _sig(text: str = "", fault: FaultClass = FaultClass.NONE, tiers: tuple[int, ...] = ()) -> Signals:
     return Signals(text=text, finish_reason="stop", kind=TaskKind.FREE, elapsed_s=0.1, deadline_s=10,
-                   memory_headroom=0.5, fault=fault)
+                   memory_headroom=0.5, fault=fault, tiers_used=tiers)
 
 
 def test_attempts_of_interleaved_tasks_do_not_leak_into_each_other() -> None:
@@ -21,22 +21,26 @@ def test_attempts_of_interleaved_tasks_do_not_leak_into_each_other() -> None:
         assert all(d.action is Action.RETRY and d.history.attempts == attempt + 1 for _, d in verdicts)
     verdicts = m.assess("a", [(f"t{i}", f"p{i}", 2, _sig("fine")) for i in range(8)])
     assert all(d.action is Action.ACCEPT for _, d in verdicts)
-    assert not m.tasks, "finished tasks leave no state behind"
+    assert not hasattr(m, "tasks"), "the monitor keeps no per-task state"
 
 
-def test_a_task_gives_up_at_the_cap() -> None:
-    m = Monitor(HealthConfig(), RecoveryConfig(max_attempts=3, backoff_base_s=0), clock=lambda: 0.0)
-    actions = [m.assess("a", [("t", "p", n, _sig(fault=FaultClass.TIMEOUT))])[0][1].action for n in range(3)]
-    assert actions == [Action.RETRY, Action.RETRY, Action.FAIL_TASK]
-    assert len(m.dead_letters) == 1
+def _carried(m: Monitor, fault: FaultClass, rounds: int) -> list[tuple[tuple[int, ...], Action]]:
+    """One task's decisions, each with the tiers it was given: the caller (the Host's Carry)
+    holds the attempt and the tiers between rounds, not the monitor."""
+    tiers: tuple[int, ...] = ()
+    seen = []
+    for attempt in range(rounds):
+        (_, d), = m.assess("a", [("t", "p", attempt, _sig(fault=fault, tiers=tiers))])
+        seen.append((tiers, d.action))
+        tiers = d.history.tiers_used
+    return seen
 
 
-def test_a_round_of_oom_under_memory_pressure_is_one_restart_of_the_agent() -> None:
-    ticks = iter(range(100))  # a clock that moves on every call
-    m = Monitor(HealthConfig(), RecoveryConfig(intensity=2, backoff_base_s=0),
-                clock=lambda: float(next(ticks)))
-    pressed = Signals(text="fine", finish_reason="stop", kind=TaskKind.FREE, elapsed_s=0.1,
-                      deadline_s=10, memory_headroom=-0.1)  # the ledger says the GPU is over
-    verdicts = m.assess("a", [(f"t{i}", f"p{i}", 0, pressed) for i in range(8)])
-    assert all(d.action is Action.COMPRESS for _, d in verdicts)
-    assert len(m.histories["a"].restarts) == 1 and not m.failed
+def test_a_monitor_restarted_mid_task_keeps_the_attempt_cap_and_the_escalation() -> None:
+    cfg = RecoveryConfig(max_attempts=4, backoff_base_s=0)
+    old = _carried(Monitor(HealthConfig(), cfg, clock=lambda: 0.0), FaultClass.GARBAGE, 4)
+    assert [a for _, a in old] == [Action.RETRY, Action.RETRY, Action.COMPRESS, Action.FAIL_TASK]
+    for n, (tiers, action) in enumerate(old):  # a fresh monitor at attempt n decides the same
+        fresh = Monitor(HealthConfig(), cfg, clock=lambda: 0.0)
+        (_, d), = fresh.assess("a", [("t", "p", n, _sig(fault=FaultClass.GARBAGE, tiers=tiers))])
+        assert d.action is action, (n, tiers)
