@@ -34,6 +34,7 @@ from pool.inputs import generated_agents, load_agents, read_tasks
 from pool.journal import ResultJournal, write_jsonl
 from pool.manager import PoolManager
 from pool.private import open_private, write_private
+from pool.result_schema import RESULT_SCHEMA
 from pool.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
 from pool.slots import memory_plan
 from pool.summary import summarise
@@ -277,15 +278,6 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a torn line from a killed driver
     return out
-
-
-RESULT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task_id", "agent_id", "status")] + [
-    ("output", pa.string()), ("score", pa.float64()), ("coherence", pa.float64()),
-    ("completeness", pa.float64()), ("latency", pa.float64()), ("memory", pa.float64()),
-    ("consistency", pa.float64()), ("attempts", pa.int32()), ("tiers", pa.list_(pa.int8())),
-    ("agent_state", pa.string()), ("elapsed_s", pa.float64()), ("tokens", pa.int64()),
-    ("vote_tokens", pa.int64()), ("error", pa.string()), ("truth", pa.string()), ("correct", pa.bool_()),
-])
 
 
 def graded(rows: list[dict[str, Any]], tasks: list[Task]) -> list[dict[str, Any]]:
