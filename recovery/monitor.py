@@ -108,6 +108,10 @@ class Monitor:
         return self.failed.pop(agent_id, None) is not None
 
     def mark_failed(self, agent_id: str, reason: str) -> None:
+        """Record the agent FAILED, once: the manager tells the monitor of every failure it folds
+        (some were decided by a Host alone), including those the monitor itself decided."""
+        if agent_id in self.failed:
+            return
         self.failed[agent_id] = reason
         self._keep({"kind": "agent_failed", "agent_id": agent_id, "reason": reason,
                     "ts": self.clock()})

@@ -44,3 +44,20 @@ def test_a_monitor_restarted_mid_task_keeps_the_attempt_cap_and_the_escalation()
         fresh = Monitor(HealthConfig(), cfg, clock=lambda: 0.0)
         (_, d), = fresh.assess("a", [("t", "p", n, _sig(fault=FaultClass.GARBAGE, tiers=tiers))])
         assert d.action is action, (n, tiers)
+
+
+def test_a_failed_agent_is_recorded_once_however_many_say_so() -> None:
+    """The monitor fails the agent (FAIL_AGENT), then the manager folds the Host's FAILED results
+    and tells it again: one journal row, one `agent.failed` event. A restarted monitor that read
+    the failure back does not record it again either."""
+    rows: list[dict] = []
+    m = Monitor(HealthConfig(), RecoveryConfig(), clock=lambda: 0.0, journal=rows.extend)
+    m.mark_failed("a", "floor raised to tier 3")
+    m.mark_failed("a", "agent failed: floor raised to tier 3")  # the manager's fold
+    failed = [r for r in rows if r["kind"] == "agent_failed"]
+    assert len(failed) == 1 and m.failed == {"a": "floor raised to tier 3"}
+    assert [e["event"] for e in m.events.drain()].count("agent.failed") == 1
+    again = Monitor(HealthConfig(), RecoveryConfig(), clock=lambda: 0.0, journal=rows.extend)
+    again.replay(rows)
+    again.mark_failed("a", "agent failed")
+    assert len([r for r in rows if r["kind"] == "agent_failed"]) == 1 and not again.events.drain()
