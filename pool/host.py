@@ -78,6 +78,9 @@ class Outcome:
     result: TaskResult | None  # None when the task must move to another Host
     carry: Carry | None = None
     fault: FaultClass = FaultClass.NONE  # why it moves (OOM: off its GPU, not only its Host)
+    # the agent's state when its run ended: the manager's registry follows it (one owner, the
+    # Host, while the agent is resident); each result's `agent_state` is the state after its task
+    agent_state: AgentState | None = None
 
 
 @dataclass(slots=True)
@@ -128,7 +131,7 @@ class HostRuntime(Residency):
         # is parked; a KV copy committed earlier no longer matches the memory committed now.
         self.agent = self._require().model_copy(update={"kv_state": None})
         self._commit(self.agent)
-        return done
+        return [replace(o, agent_state=self.agent.state) for o in done]
 
     # -- one task's failure is its own ----------------------------------------------------
     def _admit(self, task: Task, carry: Carry | None, done: list[Outcome]) -> _Run | None:

@@ -44,7 +44,7 @@ from pool.hosts import Done, Failed, Gone, Stalled
 from pool.metrics import PoolMetrics
 from pool.ops import AgentTrail
 from pool.queries import Queries
-from pool.registry import Registry
+from pool.registry import Registry, Unreachable
 from pool.runs import split_namespace
 from pool.slots import Slot, create_hosts, locate, place_on_gpus, retire_node
 from pool.vram import VramControl
@@ -260,7 +260,7 @@ class PoolManager(VramControl, Queries):
         entry = self.registry.get(agent_id)
         entry.hot = ray.put(blob)
         entry.host = None
-        self.registry.set_state(agent_id, AgentState.DORMANT)
+        self._follow(agent_id, AgentState.DORMANT)  # PARK, from the state its Host reported
         self.events.emit("pool.parked", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
                          why=why or "room for another agent")
         self.metrics.count("parks")
@@ -293,7 +293,7 @@ class PoolManager(VramControl, Queries):
         entry.last_used = time.monotonic()
         slot.kv_tokens = int(info.get("kv_tokens", 0))
         self.events.extend(info["events"])
-        self.registry.set_state(agent_id, AgentState(info["state"]))
+        self._follow(agent_id, AgentState(info["state"]))
         self.events.emit("pool.activated", agent_id=agent_id, host=slot.host_id, gpu=slot.gpu,
                          epoch=entry.epoch, latency_s=round(time.perf_counter() - started, 6),
                          kv_restored=info["kv_restored"], tier="disk" if row else info["tier"])
@@ -313,7 +313,7 @@ class PoolManager(VramControl, Queries):
         queue = self.queues[slot.agent]
         batch = [queue.popleft() for _ in range(min(len(queue), self.cfg.batch_per_agent))]
         slot.busy = True
-        self.registry.set_state(slot.agent, AgentState.RUNNING)
+        self._follow(slot.agent, AgentState.RUNNING)  # START
         headroom = self.ledger.headroom(self._residents_on(slot.gpu), slot.gpu)
         asyncio.get_running_loop().create_task(self._collect(slot, slot.agent, batch, headroom))
 
@@ -427,7 +427,8 @@ class PoolManager(VramControl, Queries):
             reason = next((o.result.error for o in reversed(outcomes) if o.result), "")
             self._agent_failed(slot, agent_id, reason, [(o.task, o.carry) for o in migrate])
             return None
-        self.registry.set_state(agent_id, AgentState.IDLE)
+        if (state := outcomes[-1].agent_state if outcomes else None) is not None:
+            self._follow(agent_id, state)  # DEGRADED stays; RECOVERING until it is parked
         self.crashes.pop(agent_id, None)  # a batch went through: the crash count starts again
         if self.task_deaths:
             self.task_deaths = forget(self.task_deaths, (o.task.task_id for o in outcomes))
@@ -443,6 +444,16 @@ class PoolManager(VramControl, Queries):
                              tasks=len(migrate), why=why)
             return why
         return None
+
+    def _follow(self, agent_id: str, state: AgentState) -> None:
+        """The registry follows the state the agent's Host reports, through the transition
+        table; a report the table cannot reach is said (an event) and taken all the same: while
+        resident, the Host holds the agent."""
+        try:
+            self.registry.follow(agent_id, state)
+        except Unreachable as exc:
+            self.events.emit("pool.state_unreachable", agent_id=agent_id, error=str(exc))
+            self.registry.set_state(agent_id, state)
 
     def _host_lost(self, slot: Slot, batch: list[Item]) -> None:
         """The Host process died: its agent falls back to its committed checkpoint. Deaths in a
@@ -535,8 +546,8 @@ class PoolManager(VramControl, Queries):
         entry.host, entry.hot = None, None
         self.moving.pop(agent_id, None)
         self.registry.unwant(agent_id)
-        self.registry.set_state(agent_id, AgentState.FAILED)
-        self.monitor.mark_failed.remote(agent_id, reason)
+        self._follow(agent_id, AgentState.FAILED)
+        self.monitor.mark_failed.remote(agent_id, reason)  # kept once, if the monitor has not yet
         pending = list(batch or []) + list(self.queues.pop(agent_id, ()))
         for task, _ in pending:
             self._result(task, TaskStatus.FAILED, f"agent failed: {reason}"[:500])

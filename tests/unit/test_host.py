@@ -402,3 +402,10 @@ def test_a_carried_task_brings_its_attempt_and_tiers_to_a_fresh_monitor(tmp_path
     host.run([(Task(task_id="t", agent_id="a1", prompt="p"), carry)], headroom=0.5)
     assert seen[0] == (2, (1, 1))
     assert seen[1][1] == (1, 1, 2), "the first decision escalated to tier 2 (compress)"
+
+
+def test_a_run_reports_the_agents_state_when_it_ended(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, "permanent")  # every task fails at once: the agent ends DEGRADED
+    outcomes = host.run(_tasks(2), headroom=0.5)
+    assert host.agent is not None and host.agent.state is AgentState.DEGRADED
+    assert [o.agent_state for o in outcomes] == [AgentState.DEGRADED] * 2
