@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -150,6 +151,13 @@ def test_status_table_and_json(pool: dict) -> None:
     data = json.loads(_cli("status", "--json"))
     assert data["agents"] == AGENTS and len(data["hosts"]) == SLOTS
     assert data["ledger"][0]["budget_mib"] == 8192
+    # The registry follows the Hosts: a resident agent is in the state its last task left it
+    # (DEGRADED after an unhealthy answer), not IDLE whatever happened.
+    last = {r["agent_id"]: r["agent_state"]
+            for r in pq.read_table(pool["out"] / "results.parquet").to_pylist() if r["agent_state"]}
+    for agent in {h["agent"] for h in data["hosts"] if h["agent"]}:
+        state = json.loads(_cli("inspect", agent, "--json"))["state"]
+        assert state == last[agent] and state in ("idle", "degraded"), (agent, state, last[agent])
 
 
 def test_status_in_a_new_process_with_address(pool: dict) -> None:
