@@ -40,7 +40,7 @@ from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageErro
 from agents.models import AgentId, AgentRecord
 from pool import manifest as mf
 from pool.manifest import MANIFEST, Manifest, ManifestEntry
-from pool.private import DIR_MODE, FILE_MODE, fsync_dir, open_private, private_dir, write_all
+from pool.private import FILE_MODE, fsync_dir, open_private, private_dir, write_all
 
 __all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
 
@@ -139,7 +139,7 @@ class CheckpointStore:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise UsageError(f"epoch must be a non-negative int, got {epoch!r}")
         try:
-            self._make_folder(folder)
+            private_dir(folder, durable=True)
             with _locked(folder):
                 return self._commit_locked(folder, agent_id, make, epoch)
         except OSError as exc:
@@ -404,21 +404,8 @@ class CheckpointStore:
             _agent_id.validate_python(agent_id, strict=True)
         except ValidationError:
             raise UsageError(f"invalid agent id {agent_id!r}") from None
-        if agent_id in (".", ".."):
-            raise UsageError(f"invalid agent id {agent_id!r}")
         shard = hashlib.sha256(agent_id.encode()).hexdigest()[:2]
         return self.root / "agents" / shard / agent_id
-
-    @staticmethod
-    def _make_folder(folder: Path) -> None:
-        missing = []
-        while not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=DIR_MODE)
-            fsync_dir(path.parent)  # the new folder's name must survive a crash too
 
 
 @contextlib.contextmanager

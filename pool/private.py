@@ -18,8 +18,9 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` and its missing parents as 0700 folders; existing ones are left alone."""
+def private_dir(path: Path, durable: bool = False) -> Path:
+    """Create `path` and its missing parents as 0700 folders; existing ones are left alone.
+    `durable`: each new folder's name is fsynced into its parent (it must survive a crash)."""
     missing = []
     while not path.is_dir():
         missing.append(path)
@@ -27,6 +28,8 @@ def private_dir(path: Path) -> Path:
     for folder in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another process made it meanwhile
             folder.mkdir(mode=DIR_MODE)
+        if durable:
+            fsync_dir(folder.parent)
     return missing[0] if missing else path
 
 
