@@ -5,8 +5,8 @@ For each outcome it fills in the peers' and the agent's own earlier answers to t
 history, which it keeps. A task's attempt and tiers come with it (the Host's carry): the monitor
 keeps no per-task state, so a restarted monitor still holds a task to the attempt cap. FAILED
 agents and dead-lettered tasks are kept with their reasons until a person releases them; each
-such fact (and each release) also goes to `journal`, which the Ray actor in `pool/actors.py`
-points at the store's dead-letter table (`pool.deadletters`), and a new monitor `replay`s that
+such fact (and each release) also goes to `journal`, which the Ray actor in `pool/runtime/actors.py`
+points at the store's dead-letter table (`pool.store.deadletters`), and a new monitor `replay`s that
 table, so a restart loses none of them. The actor only wraps this class.
 """
 

@@ -7,7 +7,7 @@ Starts a local Ray of its own (never another Ray on the machine), runs rounds of
 keep their state across rounds) and, every `--kill-every` seconds, SIGKILLs a random live Host, or
 the PoolManager (`--manager-share`) or the HealthMonitor (`--monitor-share`), found by pid in this
 cluster. After `--minutes` the killing stops, the current round finishes, and the script prints the
-three checks of `pool.checks` (ledger exactly-once, resources back to total, every checkpoint
+three checks of `pool.ops.checks` (ledger exactly-once, resources back to total, every checkpoint
 verifies) with tasks, kills, lost, duplicates and recovery time p50/p99. Recovery time of a kill:
 until the killed actor runs again under a new pid and the ledger has committed a new record.
 Exit status 0 when every check passes.
@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from agents.config import load_settings  # noqa: E402
-from pool.actors import MANAGER_NAME, MONITOR_NAME  # noqa: E402
-from pool.batch import RunOptions, run_batch  # noqa: E402
-from pool.checks import (  # noqa: E402
+from pool.driver.batch import RunOptions, run_batch  # noqa: E402
+from pool.driver.synthetic import synthetic_tasks, write_tasks  # noqa: E402
+from pool.ops.checks import (  # noqa: E402
     Check,
     actor_pids,
     check_checkpoints,
@@ -48,7 +48,7 @@ from pool.checks import (  # noqa: E402
     check_resources,
     expected_ids,
 )
-from pool.synthetic import synthetic_tasks, write_tasks  # noqa: E402
+from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME  # noqa: E402
 
 NAMESPACE = "selfheal-chaos"
 

@@ -1,7 +1,7 @@
 """No recovery vs naive retry vs tiered self-healing (the same attempt cap) on the shipped workload (issue 3).
 
 Same tasks, same seed, the llama.cpp engine (the shipped SmolLM2 GGUF), one batch run per policy
-through the whole pool (`pool.batch.run_batch`), on a private local Ray. Reports success rate,
+through the whole pool (`pool.driver.batch.run_batch`), on a private local Ray. Reports success rate,
 failed rate and tokens spent per policy, prints a table and writes OUT/compare.json; each
 policy's run folder (results.parquet, events.jsonl, summary.json) is kept under OUT/<policy>.
 
@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.config import load_settings
-from pool.batch import RunOptions, run_batch
 from pool.bench.common import start_ray
 from pool.bench.healing import CONSTRAINED, POLICIES  # one definition: the same attempt caps
 from pool.bench.workload import AGENTS, TASKS, shipped
-from pool.synthetic import write_tasks
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.synthetic import write_tasks
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -33,10 +33,10 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.config import Settings, load_settings
-from pool.batch import RunOptions, run_batch
 from pool.bench.activation import NaiveAgent
 from pool.bench.common import NO_FAULTS, stats
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.synthetic import synthetic_tasks, write_tasks
 
 
 def main(argv: list[str] | None = None) -> int:

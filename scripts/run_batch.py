@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir
 
-from pool.cli import run  # noqa: E402
+from pool.ops.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     run()

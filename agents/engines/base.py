@@ -64,7 +64,7 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-# Optional engine methods, looked up by the Host (`pool.host.HostRuntime`):
+# Optional engine methods, looked up by the Host (`pool.runtime.host.HostRuntime`):
 #   info() -> dict        figures; `base_mib`: what the engine holds on its GPU before any agent
 #   sleep() -> bool       give the GPU back, keeping the engine (vLLM sleep level 1); False: cannot
 #   wake_up() -> bool     undo sleep()

@@ -81,7 +81,7 @@ def _fill(schema: dict[str, Any]) -> Any:
     return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, "value")
 
 
-# The synthetic families it can work out (`pool.synthetic`, and the sums of `scripts/make_tasks`).
+# The synthetic families it can work out (`pool.driver.synthetic`, and the sums of `scripts/make_tasks`).
 _SUM = re.compile(r"(-?\d+)\s*(?:\+|plus)\s*(-?\d+)", re.IGNORECASE)
 _PARITY = re.compile(r"is (-?\d+) plus (-?\d+) even or odd", re.IGNORECASE)
 

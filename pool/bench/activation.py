@@ -24,9 +24,9 @@ from agents import codec
 from agents.config import Settings
 from agents.engines.factory import make_engine
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskKind, Turn
-from pool.actors import MONITOR_NAME, HostActor, MonitorActor
 from pool.bench.common import Say, ratio, settings, stats
-from pool.checkpoint import CheckpointStore
+from pool.runtime.actors import MONITOR_NAME, HostActor, MonitorActor
+from pool.store.checkpoint import CheckpointStore
 
 
 @ray.remote(num_cpus=0)

@@ -22,8 +22,8 @@ from rich.console import Console
 
 from agents.config import Settings, load_settings
 from agents.models import AgentSpec, Task, TaskResult
-from pool.runs import shutdown_pool
-from pool.summary import percentile
+from pool.driver.runs import shutdown_pool
+from pool.driver.summary import percentile
 
 _pools = itertools.count()
 Say = Callable[[str], None]
@@ -120,7 +120,7 @@ class Pool:
 
 def start_pool(cfg: Settings, store_root: Path) -> Pool:
     """A fresh PoolManager with warm Hosts (in the settings' own namespace)."""
-    from pool.batch import fresh_manager
+    from pool.driver.batch import fresh_manager
 
     store_root.mkdir(parents=True, exist_ok=True)
     manager = fresh_manager(cfg, store_root)

@@ -9,7 +9,7 @@ the same faults, and it reports the ground truth of what it injected. From the r
   answer (`scripted.correct_answer`): the checker disagrees with the pool;
 - lost: a submitted task with no terminal record; duplicates: more than one.
 
-Budget fidelity comes from the same runs: the `pool.residency` events carry the VRAM ledger's
+Budget fidelity comes from the same runs: the `pool.runtime.residency` events carry the VRAM ledger's
 value and the residents per GPU after every scheduling pass, against its limit and slot cap.
 """
 
@@ -22,7 +22,7 @@ from agents.engines.base import GenRequest
 from agents.engines.scripted import correct_answer
 from agents.models import AgentSpec, GenerationParams, Task, TaskResult, TaskStatus
 from pool.bench.common import Pool, Say, settings, start_pool, stats
-from pool.synthetic import synthetic_tasks
+from pool.driver.synthetic import synthetic_tasks
 
 # The same attempt cap for every policy (recovery.max_attempts): naive differs from tiered only
 # in retrying with the same parameters.

@@ -27,7 +27,7 @@ from agents.engines.factory import make_engine
 from agents.models import AgentSpec, Task
 from pool.bench.common import NO_FAULTS, Say, ratio, settings, start_pool, stats
 from pool.bench.workload import shipped
-from pool.synthetic import synthetic_tasks
+from pool.driver.synthetic import synthetic_tasks
 
 SERVER_CACHE_MIB = 8192  # llama-server's default --cache-ram
 

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from agents.models import AgentSpec, Task
-from pool.inputs import load_agents, load_tasks
+from pool.driver.inputs import load_agents, load_tasks
 
 TASKS = Path("examples/tasks.jsonl")
 AGENTS = Path("examples/agents.jsonl")

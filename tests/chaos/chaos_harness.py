@@ -18,10 +18,10 @@ from typing import Any
 from chaos_inject import executions_dir
 
 from agents.config import Settings, load_settings
-from pool.batch import RunOptions, run_batch
-from pool.checks import Check, run_checks
-from pool.runs import run_namespace, split_namespace
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.runs import run_namespace, split_namespace
+from pool.driver.synthetic import synthetic_tasks, write_tasks
+from pool.ops.checks import Check, run_checks
 
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "selfheal-chaos"

@@ -28,7 +28,7 @@ def executions_dir() -> Path | None:
 
 def install() -> None:
     _count_executions()
-    import pool.checkpoint as ck
+    import pool.store.checkpoint as ck
 
     real = ck._write_all
     flag = disk_full_flag()

@@ -1,7 +1,7 @@
 """Chaos tests: a local Ray of our own per module (never another Ray on the machine).
 
-Each test kills processes it finds by pid in this cluster only (`pool.checks.actor_pids`), and
-ends with the three checks of `pool.checks`. Workers run `chaos_inject.install` at start-up so a
+Each test kills processes it finds by pid in this cluster only (`pool.ops.checks.actor_pids`), and
+ends with the three checks of `pool.ops.checks`. Workers run `chaos_inject.install` at start-up so a
 test can fill the disk (ENOSPC) by creating a flag file.
 """
 

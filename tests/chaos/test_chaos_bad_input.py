@@ -18,8 +18,8 @@ import ray
 from chaos_harness import NAMESPACE
 
 from agents.models import MAX_PROMPT_CHARS, MAX_TASK_BYTES
-from pool.checks import run_checks
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.synthetic import synthetic_tasks, write_tasks
+from pool.ops.checks import run_checks
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 SELFHEAL = str(Path(sys.executable).parent / "selfheal")

@@ -1,5 +1,6 @@
 """Faults during a run: killed Hosts, manager and monitor, a zombie Host, a poison agent, a task
-that kills its Host, a full disk, corrupt checkpoints. Every test ends with the three checks of `pool.checks`.
+that kills its Host, a full disk, corrupt checkpoints. Every test ends with the three checks of
+`pool.ops.checks`.
 
 Covered elsewhere, not repeated here: kill -9 at each step of a checkpoint write
 (`tests/unit/test_checkpoint.py::test_kill_9_at_each_step`, with two writers fenced by epoch in
@@ -25,9 +26,9 @@ import ray
 from chaos_harness import NAMESPACE, Run, assert_checks, assert_like_baseline, baseline, settings
 
 from agents.models import AgentRecord, AgentSpec
-from pool.actors import MANAGER_NAME, MONITOR_NAME
-from pool.checkpoint import MANIFEST, CheckpointStore
-from pool.checks import actor_pids
+from pool.ops.checks import actor_pids
+from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
+from pool.store.checkpoint import MANIFEST, CheckpointStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -282,7 +283,7 @@ def test_a_host_frozen_in_bind_or_park_is_fenced_and_its_agent_moves_on(
     park there. Both times the agent is fenced by a new epoch and moves on; the zombies' late
     answers are discarded once they wake."""
     from agents.models import Task
-    from pool.batch import fresh_manager
+    from pool.driver.batch import fresh_manager
 
     no_faults = {"garbage": 0, "truncation": 0, "timeout": 0, "oom": 0, "crash": 0, "permanent": 0}
     cfg = settings(engine={"faults": no_faults}, pool={"watchdog_s": 2.0, "slots_per_gpu": 2})

@@ -14,7 +14,7 @@ import ray
 from chaos_harness import Run, assert_checks, settings, start_ray
 
 from agents.models import AgentRecord, AgentSpec
-from pool.checkpoint import CheckpointStore
+from pool.store.checkpoint import CheckpointStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 STORE_MIB = 80  # Ray's floor is about 75 MiB

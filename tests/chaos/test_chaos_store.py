@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from chaos_harness import Run, assert_checks, settings
 
-from pool.batch import run_batch
-from pool.checkpoint import CheckpointStore
-from pool.checks import check_checkpoints, check_resources
-from pool.manifest import MANIFEST
+from pool.driver.batch import run_batch
+from pool.ops.checks import check_checkpoints, check_resources
+from pool.store.checkpoint import CheckpointStore
+from pool.store.manifest import MANIFEST
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from chaos_harness import NAMESPACE, Run, check_executions, settings
 
-from pool.checks import run_checks
-from pool.inputs import read_tasks
-from pool.runs import live_runs, split_namespace
-from pool.synthetic import write_tasks
+from pool.driver.inputs import read_tasks
+from pool.driver.runs import live_runs, split_namespace
+from pool.driver.synthetic import write_tasks
+from pool.ops.checks import run_checks
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 N, AGENTS = 160, 12

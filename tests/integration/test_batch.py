@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from agents.config import load_settings
-from pool.batch import RunOptions, run_batch
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = pytest.mark.integration
 

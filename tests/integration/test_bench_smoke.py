@@ -69,7 +69,7 @@ def test_bench_runs_every_benchmark_and_writes_json_and_plot(local_ray: None, tm
 
 def test_batched_initial_checkpoints_commit_once_and_leave_nothing_half_done(tmp_path: Path) -> None:
     from agents.models import AgentRecord, AgentSpec
-    from pool.checkpoint import MANIFEST, CheckpointStore
+    from pool.store.checkpoint import MANIFEST, CheckpointStore
 
     store = CheckpointStore(tmp_path)
     records = [AgentRecord(spec=AgentSpec(agent_id=f"a{i}")) for i in range(50)]

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from agents.errors import UsageError
-from pool.runs import OutLock
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.runs import OutLock
+from pool.driver.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ import ray
 
 from agents.config import load_settings
 from agents.engines.shared import engine_actors
-from pool.batch import RunOptions, run_batch
-from pool.runs import shutdown_pool
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.runs import shutdown_pool
+from pool.driver.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.llama, pytest.mark.timeout(900)]
 NS = "selfheal-llama"  # run id "llama": the run's pool lives in <pool.namespace>-<run id>

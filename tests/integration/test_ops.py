@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from agents.config import load_settings
-from pool.batch import RunOptions, run_batch
-from pool.cli import main
-from pool.gate import GATE_NAME
-from pool.metrics import METRICS, PREFIX
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.control.gate import GATE_NAME
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.synthetic import synthetic_tasks, write_tasks
+from pool.ops.cli import main
+from pool.ops.metrics import METRICS, PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_metrics_are_exported_to_prometheus(pool: dict) -> None:
     assert _total(found, "activations") >= AGENTS
     assert all('run="selfheal-' in k for k in found), "every metric names its run"
     raw = _raw_names()
-    from pool.grafana import dashboard
+    from pool.ops.grafana import dashboard
 
     queried = {m for p in dashboard()["panels"] for t in p["targets"]
                for m in re.findall(r"ray_selfheal_\w+", t["expr"])}
@@ -220,7 +220,7 @@ def test_runs_lists_the_kept_pool_and_stop_gives_the_cluster_back(pool: dict) ->
     """Last in this module: it ends the pool the other tests look at."""
     import ray
 
-    from pool.checks import check_resources
+    from pool.ops.checks import check_resources
 
     runs = json.loads(_cli("runs", "--json"))
     assert len(runs) == 1 and runs[0]["namespace"] == f"selfheal-{runs[0]['run']}"

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from agents.config import load_settings
-from pool.batch import RunOptions, run_batch
-from pool.checks import check_ledger, expected_ids
-from pool.cli import main
-from pool.journal import ResultJournal
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.batch import RunOptions, run_batch
+from pool.driver.synthetic import synthetic_tasks, write_tasks
+from pool.ops.checks import check_ledger, expected_ids
+from pool.ops.cli import main
+from pool.store.journal import ResultJournal
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from agents.engines.hf_model import DONE_MARK, default_hf_dir  # noqa: E402
 from agents.engines.shared import engine_stats, shutdown_engines  # noqa: E402
 from agents.engines.vllm_shared import VllmEngine  # noqa: E402
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskKind, Turn  # noqa: E402
-from pool.actors import MONITOR_NAME, HostActor, MonitorActor  # noqa: E402
-from pool.checkpoint import CheckpointStore  # noqa: E402
+from pool.runtime.actors import MONITOR_NAME, HostActor, MonitorActor  # noqa: E402
+from pool.store.checkpoint import CheckpointStore  # noqa: E402
 
 # An engine start is about a minute on a quiet machine, several on a busy one.
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -225,7 +225,7 @@ def test_the_pool_enters_the_engine_base_into_its_ledger_and_parks_on_pause(
     """The PoolManager over the shared engine: its ledger takes the engine's own base (the
     weights) in place of the configured one; without CUDA the engine cannot sleep, so a pause
     parks the residents, and without a GPU reading reconciliation stops with one event."""
-    from pool.batch import fresh_manager
+    from pool.driver.batch import fresh_manager
 
     settings = Settings(engine=CFG, pool=POOL.model_copy(update={"slots_per_gpu": 2, "reconcile_s": 1.0}))
     manager = fresh_manager(settings, tmp_path / "ckpt")

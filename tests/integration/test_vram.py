@@ -13,8 +13,8 @@ import pytest
 
 from agents.config import Settings, load_settings
 from agents.models import AgentSpec, Task
-from pool.batch import RunOptions, fresh_manager, run_batch
-from pool.synthetic import synthetic_tasks, write_tasks
+from pool.driver.batch import RunOptions, fresh_manager, run_batch
+from pool.driver.synthetic import synthetic_tasks, write_tasks
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.errors import StorageError
-from pool import agent_table
-from pool.agent_table import AgentTable
+from pool.store import agent_table
+from pool.store.agent_table import AgentTable
 
 ROWS = [("a0", 0, ""), ("a1", 9, '{"persona": 1}'), ("a2", 5, "")]
 
@@ -107,9 +107,9 @@ def test_many_files_are_compacted_into_one_with_the_same_rows(
 def test_an_agent_without_a_checkpoint_binds_from_its_spec_until_it_has_one(tmp_path: Path) -> None:
     from agents.codec import decode
     from agents.models import AgentRecord, AgentSpec
-    from pool.agent_table import committed_or_initial, initial_bytes
-    from pool.checkpoint import CheckpointStore
-    from pool.registry import Registry
+    from pool.control.registry import Registry
+    from pool.store.agent_table import committed_or_initial, initial_bytes
+    from pool.store.checkpoint import CheckpointStore
 
     store, reg = CheckpointStore(tmp_path), Registry()
     spec = AgentSpec(agent_id="lazy", priority=8, system_prompt="Terse.")
@@ -141,10 +141,10 @@ def test_an_agent_bound_from_its_row_gets_its_first_checkpoint_at_its_first_park
     from agents.engines.scripted import ScriptedEngine
     from agents.models import AgentSpec
     from agents.state import AgentState
-    from pool.agent_table import initial_bytes
-    from pool.checkpoint import CheckpointStore
-    from pool.host import HostRuntime
-    from pool.registry import Registry
+    from pool.control.registry import Registry
+    from pool.runtime.host import HostRuntime
+    from pool.store.agent_table import initial_bytes
+    from pool.store.checkpoint import CheckpointStore
     from recovery.monitor import Monitor
 
     settings = load_settings(overrides={"engine": {"kind": "scripted"}})

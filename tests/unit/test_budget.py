@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.config import PoolConfig
-from pool.budget import (
+from pool.control.budget import (
     Demand,
     Placement,
     Plan,

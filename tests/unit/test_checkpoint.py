@@ -25,7 +25,7 @@ from agents.codec import SCHEMA, CheckpointUnreadable, Stamp, decode, encode, re
 from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Turn
 from agents.state import AgentState
-from pool.checkpoint import MANIFEST, STEPS, CheckpointStore
+from pool.store.checkpoint import MANIFEST, STEPS, CheckpointStore
 
 REPO = Path(__file__).resolve().parents[2]
 AID = "agent-7"
@@ -411,7 +411,7 @@ import os, signal, sys
 from pathlib import Path
 from agents.errors import StaleEpoch
 from agents.models import AgentRecord, AgentSpec
-from pool.checkpoint import CheckpointStore
+from pool.store.checkpoint import CheckpointStore
 
 root, step, epoch, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
@@ -683,7 +683,7 @@ def _flip_version(store: CheckpointStore, version: int) -> None:
 
 
 def test_check_checkpoints_reports_a_fallback_to_an_older_version(store: CheckpointStore) -> None:
-    from pool.checks import check_checkpoints
+    from pool.ops.checks import check_checkpoints
 
     store.write(make(tasks_done=1), epoch=1)
     store.write(make(tasks_done=2), epoch=1)
@@ -704,7 +704,7 @@ def test_check_checkpoints_reports_a_fallback_to_an_older_version(store: Checkpo
 
 
 def test_check_checkpoints_passes_a_clean_store(store: CheckpointStore) -> None:
-    from pool.checks import check_checkpoints
+    from pool.ops.checks import check_checkpoints
 
     store.write(make(tasks_done=1), epoch=1)
     store.write(make(tasks_done=2), epoch=1)

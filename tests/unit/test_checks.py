@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from pool.checks import check_ledger, expected_ids
+from pool.ops.checks import check_ledger, expected_ids
 
 
 def _files(tmp_path: Path, records: list[str]) -> tuple[Path, Path]:

@@ -80,8 +80,8 @@ def test_selfheal_run_refuses_an_infinite_watchdog_with_one_line_and_exit_2(
 ) -> None:
     from click.testing import CliRunner
 
-    from pool import batch
-    from pool.cli import main
+    from pool.driver import batch
+    from pool.ops.cli import main
 
     monkeypatch.setattr(batch, "run_batch", lambda opts: pytest.fail("the run started"))
 
@@ -113,7 +113,7 @@ def test_task_contract_follows_kind() -> None:
 
 
 def test_a_llama_budget_is_checked_against_the_model_not_the_configured_footprints() -> None:
-    from pool.slots import memory_plan
+    from pool.control.slots import memory_plan
 
     tight = load_settings(overrides={"pool": {"budget_mib": 100}})  # llama.cpp is the default
     with pytest.raises(UsageError, match="context 2048 does not fit the budget"):

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from agents.config import HealthConfig, RecoveryConfig
 from agents.errors import FaultClass
 from agents.models import TaskKind
-from pool.deadletters import DeadLetterTable
+from pool.store.deadletters import DeadLetterTable
 from recovery.monitor import Monitor
 from recovery.types import Action, Signals
 

@@ -15,8 +15,8 @@ from agents.engines.llama_server import LlamaServerCore
 from agents.engines.scripted import ScriptedEngine
 from agents.errors import EngineFault, FaultClass
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskStatus
-from pool.checkpoint import CheckpointStore
-from pool.host import HostRuntime
+from pool.runtime.host import HostRuntime
+from pool.store.checkpoint import CheckpointStore
 from recovery.monitor import Monitor
 
 NO_FAULTS = dict.fromkeys(("garbage", "truncation", "timeout", "oom", "crash", "permanent"), 0.0)

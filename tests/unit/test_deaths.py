@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pool.deaths import count_deaths, forget
+from pool.control.deaths import count_deaths, forget
 
 
 def test_a_task_fails_at_the_nth_death_it_was_in_flight_for() -> None:

@@ -41,7 +41,7 @@ def test_the_monitors_signals_have_no_field_for_the_key() -> None:
 
 
 def test_the_summary_sets_the_monitors_verdict_against_the_graders() -> None:
-    from pool.summary import summarise
+    from pool.driver.summary import summarise
 
     def row(status: str, correct: bool | None) -> dict:
         return {"status": status, "correct": correct, "tiers": [], "elapsed_s": 1.0, "attempts": 1,

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from agents.errors import UsageError
-from pool.cli import main
-from pool.grafana import dashboard, install
-from pool.metrics import METRICS
+from pool.ops.cli import main
+from pool.ops.grafana import dashboard, install
+from pool.ops.metrics import METRICS
 
 
 def test_every_metric_has_a_panel_filtered_by_run() -> None:

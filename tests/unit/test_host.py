@@ -11,8 +11,8 @@ from agents.engines.scripted import ScriptedEngine, fault_of
 from agents.errors import EngineFault, FaultClass, StaleEpoch, UsageError
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskStatus
 from agents.state import AgentState
-from pool.checkpoint import CheckpointStore
-from pool.host import HostRuntime
+from pool.runtime.host import HostRuntime
+from pool.store.checkpoint import CheckpointStore
 from recovery.monitor import Monitor
 
 ONLY = {"garbage": 0.0, "truncation": 0.0, "timeout": 0.0, "oom": 0.0, "crash": 0.0, "permanent": 0.0}
@@ -270,7 +270,7 @@ def test_the_tasks_pattern_reaches_the_monitor(tmp_path: Path) -> None:
 def test_a_monitor_that_does_not_answer_is_replaced_by_local_assessment(tmp_path: Path) -> None:
     """A hung monitor (the Ray wrapper's wait timed out) never stops the Host: it scores and
     decides itself, with each task's own attempt count, and says so once per run."""
-    from pool.host import MonitorUnavailable
+    from pool.runtime.host import MonitorUnavailable
 
     host, _ = _host(tmp_path, "permanent")
     calls: list[int] = []
@@ -387,7 +387,7 @@ def test_a_backoff_that_cannot_be_slept_fails_the_retrying_tasks_alone(tmp_path:
 def test_a_carried_task_brings_its_attempt_and_tiers_to_a_fresh_monitor(tmp_path: Path) -> None:
     """A task that used tier 1 twice (its carry says so) escalates to tier 2 on a Host whose
     monitor never saw it (a restarted monitor, or a migrated task)."""
-    from pool.host import Carry
+    from pool.runtime.host import Carry
 
     host, _ = _host(tmp_path, "garbage")
     seen: list[tuple[int, tuple[int, ...]]] = []

@@ -1,4 +1,4 @@
-"""The Host wrapper (`pool.hosts.HostClient`) without Ray: a fake handle whose methods answer
+"""The Host wrapper (`pool.control.hosts.HostClient`) without Ray: a fake handle whose methods answer
 with futures the test settles, fails or leaves pending."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from ray.exceptions import ActorUnschedulableError, ObjectLostError, RayActorError, RayTaskError
 
 from agents.errors import StaleEpoch
-from pool.hosts import Done, Failed, Gone, HostClient, Stalled
+from pool.control.hosts import Done, Failed, Gone, HostClient, Stalled
 
 SILENT = object()  # a Host that does not answer until the test says so
 

@@ -9,8 +9,8 @@ import pytest
 
 from agents.errors import UsageError
 from agents.models import MAX_PROMPT_CHARS, TaskResult, TaskStatus
-from pool.inputs import load_agents, load_tasks
-from pool.journal import ResultJournal
+from pool.driver.inputs import load_agents, load_tasks
+from pool.store.journal import ResultJournal
 
 GOOD = {"task_id": "t1", "agent_id": "a1", "prompt": "hello"}
 
@@ -77,7 +77,7 @@ def test_ledger_survives_a_torn_line_and_never_duplicates(tmp_path: Path) -> Non
 
 
 def test_summary_reports_the_prefix_cache_hit_rate_of_vllm_engines() -> None:
-    from pool.summary import summarise
+    from pool.driver.summary import summarise
 
     events = [{"event": "engine.stats", "prompt_tokens": 300, "cached_tokens": 75},
               {"event": "engine.stats", "prompt_tokens": 100, "cached_tokens": 25}]
@@ -164,7 +164,7 @@ def test_an_over_long_line_is_rejected_without_being_read_whole(
     import tracemalloc
 
     from agents.models import MAX_TASK_BYTES
-    from pool import inputs
+    from pool.driver import inputs
 
     decoded: list[int] = []
     real_loads = json.loads
@@ -194,7 +194,7 @@ PARQUET_PROBE = """
 import json, sys, tracemalloc
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
-from pool.inputs import load_tasks
+from pool.driver.inputs import load_tasks
 pq.read_table = None  # the loader must stream, never read the table whole
 tracemalloc.start()
 tasks, rejected = load_tasks(Path(sys.argv[1]))
@@ -245,7 +245,7 @@ def test_invalid_task_schemas_are_rejected_at_load(tmp_path: Path) -> None:
 
 
 def test_the_task_file_is_read_once_and_unknown_agents_keep_their_line(tmp_path: Path) -> None:
-    from pool.inputs import read_tasks
+    from pool.driver.inputs import read_tasks
 
     lines = [json.dumps(GOOD).encode(), b"{oops",
              json.dumps({**GOOD, "task_id": "t3", "agent_id": "ghost"}).encode(), b"[1]"]
@@ -261,8 +261,8 @@ def test_the_task_file_is_read_once_and_unknown_agents_keep_their_line(tmp_path:
 
 def test_a_run_reads_its_task_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agents.config import load_settings
-    from pool import inputs
-    from pool.batch import RunOptions, run_batch
+    from pool.driver import inputs
+    from pool.driver.batch import RunOptions, run_batch
 
     reads: list[Path] = []
     real_rows = inputs._rows

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.models import TaskResult, TaskStatus
-from pool.journal import ResultJournal
+from pool.store.journal import ResultJournal
 
 
 def _rec(task_id: str, status: TaskStatus = TaskStatus.SUCCEEDED, agent_id: str = "a") -> TaskResult:
@@ -123,7 +123,7 @@ def test_a_requeued_task_is_forgotten_and_its_rerun_committed(tmp_path: Path) ->
 
 
 def test_check_ledger_counts_a_rerun_after_a_requeue_once(tmp_path: Path) -> None:
-    from pool.checks import Expected, check_ledger
+    from pool.ops.checks import Expected, check_ledger
 
     ledger = ResultJournal(tmp_path / "ledger.jsonl")
     ledger.append([_rec("t1", TaskStatus.FAILED), _rec("t2")])
@@ -141,9 +141,9 @@ def test_selfheal_retry_out_releases_the_agent_and_requeues_its_failed_tasks(
 
     from agents.models import AgentRecord, AgentSpec
     from agents.state import AgentState
-    from pool.checkpoint import CheckpointStore
-    from pool.cli import main
-    from pool.deadletters import DeadLetterTable
+    from pool.ops.cli import main
+    from pool.store.checkpoint import CheckpointStore
+    from pool.store.deadletters import DeadLetterTable
 
     out = tmp_path / "out"
     store = CheckpointStore(out / "checkpoints")
@@ -184,9 +184,9 @@ def test_retry_all_out_takes_the_failed_agents_from_the_dead_letter_table(tmp_pa
     from click.testing import CliRunner
 
     from agents.models import AgentRecord, AgentSpec
-    from pool.checkpoint import CheckpointStore
-    from pool.cli import main
-    from pool.deadletters import DeadLetterTable
+    from pool.ops.cli import main
+    from pool.store.checkpoint import CheckpointStore
+    from pool.store.deadletters import DeadLetterTable
 
     out = tmp_path / "out"
     store = CheckpointStore(out / "checkpoints")

@@ -8,9 +8,9 @@ from pathlib import Path
 from agents.config import load_settings
 from agents.engines.base import GenRequest, GenResult
 from agents.models import AgentRecord, AgentSpec, Task
-from pool.batch import graded
-from pool.checkpoint import CheckpointStore
-from pool.host import HostRuntime
+from pool.driver.batch import graded
+from pool.runtime.host import HostRuntime
+from pool.store.checkpoint import CheckpointStore
 from recovery.monitor import Monitor
 
 ANSWERS = {"t0": "Paris", "t1": "the the the the the the the the the the the the \x00",

@@ -12,14 +12,14 @@ from agents.config import load_settings
 from agents.engines.base import GenRequest
 from agents.engines.scripted import ScriptedEngine
 from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskKind
-from pool.checkpoint import CheckpointStore
-from pool.host import HostRuntime
-from pool.synthetic import synthetic_tasks
+from pool.driver.synthetic import synthetic_tasks
+from pool.runtime.host import HostRuntime
+from pool.store.checkpoint import CheckpointStore
 from recovery.grade import grade
 from recovery.monitor import Monitor
 
 ROOT = Path(__file__).resolve().parents[2]
-GRADER = {"recovery/grade.py", "pool/batch.py"}  # `grade` and `graded`: the only key readers
+GRADER = {"recovery/grade.py", "pool/driver/batch.py"}  # `grade` and `graded`: the only key readers
 NO_FAULTS = dict.fromkeys(("garbage", "truncation", "timeout", "oom", "crash", "permanent"), 0.0)
 READS: list[str] = []
 

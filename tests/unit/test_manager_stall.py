@@ -13,11 +13,11 @@ from agents.config import PoolConfig
 from agents.events import EventSink
 from agents.models import AgentRecord, AgentSpec, Task
 from agents.state import AgentState
-from pool.checkpoint import CheckpointStore
-from pool.hosts import HostClient
-from pool.manager import PoolManager
-from pool.registry import Registry
-from pool.slots import Slot
+from pool.control.hosts import HostClient
+from pool.control.manager import PoolManager
+from pool.control.registry import Registry
+from pool.control.slots import Slot
+from pool.store.checkpoint import CheckpointStore
 
 AID = "a1"
 

@@ -17,12 +17,12 @@ from agents.errors import FaultClass
 from agents.events import EventSink
 from agents.models import GenerationParams, Task, TaskResult, TaskStatus
 from agents.state import AgentState, Event
-from pool.checkpoint import CheckpointStore
-from pool.host import Carry, Outcome
-from pool.hosts import HostClient
-from pool.manager import PoolManager
-from pool.registry import Registry
-from pool.slots import Slot
+from pool.control.hosts import HostClient
+from pool.control.manager import PoolManager
+from pool.control.registry import Registry
+from pool.control.slots import Slot
+from pool.runtime.host import Carry, Outcome
+from pool.store.checkpoint import CheckpointStore
 
 AID = "a1"
 
@@ -117,7 +117,7 @@ def test_a_degraded_agent_stays_degraded_while_resident_and_idle(tmp_path: Path)
 def test_an_agent_handing_tasks_back_shows_recovering_until_parked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pool.manager.ray.put", lambda blob: blob)  # the hot tier, without Ray
+    monkeypatch.setattr("pool.control.manager.ray.put", lambda blob: blob)  # the hot tier, without Ray
     m = _manager(tmp_path)
     parked: Future[Any] = Future()
     slot = _resident(m, _Host(park=parked))

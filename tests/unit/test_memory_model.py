@@ -11,7 +11,7 @@ import pytest
 from agents.engines.gpumem import MIB
 from agents.engines.memory import LLAMA_3_2_1B, LLAMA_3_2_3B, ModelShape, plan_memory
 from agents.errors import UsageError
-from pool.budget import VramLedger
+from pool.control.budget import VramLedger
 
 SMOL = ModelShape("smol", layers=30, kv_heads=3, head_dim=64, weights_bytes=96_573_440,
                   ctx_train=8192)

@@ -15,8 +15,8 @@ import pytest
 
 from agents.config import load_settings
 from agents.models import AgentRecord, AgentSpec, TaskResult, TaskStatus
-from pool.checkpoint import CheckpointStore
-from pool.journal import ResultJournal, write_jsonl
+from pool.store.checkpoint import CheckpointStore
+from pool.store.journal import ResultJournal, write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def test_an_older_wider_ledger_is_narrowed_when_opened(tmp_path: Path) -> None:
 
 
 def test_results_and_summary_are_private(tmp_path: Path) -> None:
-    from pool.batch import RunOptions, run_batch
+    from pool.driver.batch import RunOptions, run_batch
 
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"task_id": "t1", "agent_id": "a", "prompt": "hi"}) + "\n")

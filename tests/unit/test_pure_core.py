@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 PURE = ["agents.state", "agents.models", "agents.config", "agents.codec", "recovery.health",
-        "recovery.policy", "recovery.monitor", "pool.budget", "pool.registry", "pool.host",
-        "pool.checkpoint", "pool.summary", "agents.engines.scripted"]
+        "recovery.policy", "recovery.monitor", "pool.control.budget", "pool.control.registry", "pool.runtime.host",
+        "pool.store.checkpoint", "pool.driver.summary", "agents.engines.scripted"]
 
 
 def test_pure_modules_do_not_import_ray() -> None:

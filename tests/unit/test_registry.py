@@ -7,7 +7,7 @@ import tracemalloc
 
 from agents.models import AgentSpec, GenerationParams
 from agents.state import AgentState
-from pool.registry import DEFAULT_PROFILE, Registry, profile_of, spec_of
+from pool.control.registry import DEFAULT_PROFILE, Registry, profile_of, spec_of
 
 PERSONA = AgentSpec(agent_id="p", priority=3, system_prompt="You are a pirate.",
                     generation=GenerationParams(temperature=0.2, seed=7))

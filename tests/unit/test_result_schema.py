@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from agents.models import TaskResult, TaskStatus
-from pool.result_schema import RESULT_SCHEMA, arrow_schema, results_schema
+from pool.driver.result_schema import RESULT_SCHEMA, arrow_schema, results_schema
 
 # The schema results.parquet had when it was typed by hand (before issue 14): the contract with
 # every reader of the file (chaos checks, scripts, people's notebooks).

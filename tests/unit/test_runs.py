@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from agents.config import load_settings
 from agents.errors import UsageError
-from pool.cli import main
-from pool.runs import LOCK_NAME, OutLock, check_out_folder, for_run, split_namespace
+from pool.driver.runs import LOCK_NAME, OutLock, check_out_folder, for_run, split_namespace
+from pool.ops.cli import main
 
 
 def test_a_second_driver_on_a_live_out_is_refused_with_who_holds_it(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_each_run_has_a_namespace_of_its_own() -> None:
 
 
 def test_address_auto_means_the_cluster_ray_start_started(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pool import ops
+    from pool.ops import attach as ops
 
     monkeypatch.setattr(ops, "_current_cluster", lambda: "127.0.0.1:9")
     with pytest.raises(UsageError, match=r"no Ray cluster is running at 127\.0\.0\.1:9$"):
@@ -100,7 +100,7 @@ def test_address_auto_means_the_cluster_ray_start_started(monkeypatch: pytest.Mo
 
 
 def test_the_start_gate_lets_one_pool_create_its_hosts_at_a_time() -> None:
-    from pool.gate import GateState
+    from pool.control.gate import GateState
 
     live = {"selfheal-a", "selfheal-b", "selfheal-c"}
     gate = GateState(lambda ns: ns in live)

@@ -13,9 +13,9 @@ from agents.config import load_settings
 from agents.engines.base import GenRequest
 from agents.engines.scripted import ScriptedEngine, recur_probability
 from agents.models import AgentRecord, AgentSpec, GenerationParams, TaskStatus
-from pool.checkpoint import CheckpointStore
-from pool.host import HostRuntime
-from pool.synthetic import synthetic_tasks
+from pool.driver.synthetic import synthetic_tasks
+from pool.runtime.host import HostRuntime
+from pool.store.checkpoint import CheckpointStore
 from recovery.monitor import Monitor
 
 BASE = GenRequest("a", "t", "sys", "q", GenerationParams())

@@ -9,8 +9,8 @@ from agents.config import HealthConfig, load_settings
 from agents.engines.base import GenRequest, GenResult
 from agents.errors import FaultClass
 from agents.models import AgentRecord, AgentSpec, Task, TaskKind
-from pool.checkpoint import CheckpointStore
-from pool.host import HostRuntime
+from pool.runtime.host import HostRuntime
+from pool.store.checkpoint import CheckpointStore
 from recovery.health import consistency, majority, score
 from recovery.monitor import Monitor
 from recovery.types import Signals

@@ -1,4 +1,4 @@
-"""The PoolManager's GPU side (`pool.vram.VramControl`) without Ray: fake Host handles whose
+"""The PoolManager's GPU side (`pool.control.vram.VramControl`) without Ray: fake Host handles whose
 calls answer, fail or never answer."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-import pool.vram
+import pool.control.vram
 from agents.config import PoolConfig
 from agents.events import EventSink
-from pool.budget import Resident, VramLedger
-from pool.checkpoint import CheckpointStore
-from pool.hosts import HostClient
-from pool.slots import Slot
-from pool.vram import VramControl
+from pool.control.budget import Resident, VramLedger
+from pool.control.hosts import HostClient
+from pool.control.slots import Slot
+from pool.control.vram import VramControl
+from pool.store.checkpoint import CheckpointStore
 
 
 class _Call:
@@ -68,7 +68,7 @@ class _Pool(VramControl):
 
 @pytest.fixture(autouse=True)
 def _short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool.vram, "MEASURE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(pool.control.vram, "MEASURE_TIMEOUT_S", 0.05)
 
 
 def _events(p: _Pool, name: str) -> list[dict[str, Any]]:

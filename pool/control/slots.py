@@ -1,5 +1,5 @@
 """The pool's warm Hosts: one `Slot` per Host actor, created per GPU of every GPU node. A slot
-calls its Host only through its `pool.hosts.HostClient`.
+calls its Host only through its `pool.control.hosts.HostClient`.
 
 Host names are `host-<node>-<gpu>-<k>` (readable in the Ray dashboard); the pool's GPU index of
 a slot runs over all nodes (by node id, then Ray's GPU id), and a Host is pinned to its node
@@ -20,9 +20,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from agents.config import DAY_S, EngineKind, Settings
 from agents.engines.memory import MemoryPlan, plan_memory, read_shape
 from agents.errors import UsageError
-from pool.actors import HostActor
-from pool.budget import VramLedger
-from pool.hosts import Done, HostClient
+from pool.control.budget import VramLedger
+from pool.control.hosts import Done, HostClient
+from pool.runtime.actors import HostActor
 
 
 class Slot:

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from agents.errors import StorageError
-from pool.checkpoint import CheckpointStore
+from pool.store.checkpoint import CheckpointStore
 
 _FALLBACK = re.compile(r"^line-\d+(~\d+)?$")  # the id of a rejected line without a free one of its own
 
@@ -139,7 +139,7 @@ def check_resources(namespace: str | None = None, timeout_s: float = 60.0) -> Ch
     import ray
 
     if namespace is not None:
-        from pool.runs import shutdown_pool
+        from pool.driver.runs import shutdown_pool
 
         shutdown_pool(namespace)
     started = time.monotonic()

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import structlog
 
-from pool.private import fsync_dir, open_private, private_dir
+from pool.store.private import fsync_dir, open_private, private_dir
 
 NAME: Final = "dead_letters.jsonl"
 

@@ -6,7 +6,7 @@ second counter that can drift); counters count events. Ray exports them from eac
 agent (port `MetricsExportPort` of `ray.nodes()`), with the `ray_` prefix Ray adds to every
 application metric, e.g. `ray_selfheal_agents{state="DORMANT",run="selfheal-1a2b3c4d"}`: every
 metric carries its pool's `run` (namespace), since several runs may share a cluster.
-`pool.grafana` builds a Grafana dashboard of them.
+`pool.ops.grafana` builds a Grafana dashboard of them.
 """
 
 from __future__ import annotations

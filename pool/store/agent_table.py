@@ -2,10 +2,10 @@
 
 Theory of operation. Registering an agent writes no checkpoint: a dormant agent that never ran is a
 row `(agent_id, priority, profile)` here (`profile`: its spec without id and priority, as JSON, ""
-for the defaults; see `pool.registry.profile_of`), and its first checkpoint is written by the Host
+for the defaults; see `pool.control.registry.profile_of`), and its first checkpoint is written by the Host
 that first commits it. Each `append` writes one file `root/registry/agents-<ns>-<pid>.parquet`
 holding the rows of one `register` call: written to a temp file, fsynced, renamed, and the folder
-fsynced (`pool.private.write_private`), so a file is whole or absent. A crash leaves at most a
+fsynced (`pool.store.private.write_private`), so a file is whole or absent. A crash leaves at most a
 `*.tmp`, which `read` ignores and the next `append` removes once its writer is gone. A file that
 does not parse (the disk lied) is set aside in `registry/quarantine/` with a log event, and the
 rest is read: the driver registers its agents again on every run. `read` returns the rows of all
@@ -30,9 +30,9 @@ import structlog
 from agents.codec import encode
 from agents.errors import StorageError
 from agents.models import AgentRecord
-from pool.checkpoint import CheckpointStore
-from pool.private import private_dir, write_private
-from pool.registry import Registry, Row
+from pool.control.registry import Registry, Row
+from pool.store.checkpoint import CheckpointStore
+from pool.store.private import private_dir, write_private
 
 FOLDER: Final = "registry"
 COMPACT_AT: Final = 64  # files; a manager start merges more than this into one

@@ -29,15 +29,15 @@ from agents.config import EngineKind, Settings
 from agents.errors import UsageError
 from agents.events import configure_logging
 from agents.models import AgentSpec, Task
-from pool.actors import MANAGER_NAME, MONITOR_NAME
-from pool.inputs import generated_agents, load_agents, read_tasks
-from pool.journal import ResultJournal, write_jsonl
-from pool.manager import PoolManager
-from pool.private import open_private, write_private
-from pool.result_schema import RESULT_SCHEMA
-from pool.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
-from pool.slots import memory_plan
-from pool.summary import summarise
+from pool.control.manager import PoolManager
+from pool.control.slots import memory_plan
+from pool.driver.inputs import generated_agents, load_agents, read_tasks
+from pool.driver.result_schema import RESULT_SCHEMA
+from pool.driver.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
+from pool.driver.summary import summarise
+from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
+from pool.store.journal import ResultJournal, write_jsonl
+from pool.store.private import open_private, write_private
 from recovery.grade import grade
 
 POLL_S = 0.25

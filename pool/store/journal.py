@@ -28,7 +28,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.models import TaskResult, TaskStatus
-from pool.private import fsync_dir, open_private, write_private
+from pool.store.private import fsync_dir, open_private, write_private
 
 log = structlog.get_logger(__name__)
 

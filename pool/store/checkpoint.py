@@ -15,7 +15,7 @@ fails (corrupt: `CheckpointCorrupt`) is moved to `root/quarantine/<a>/` with a r
 dropped from the manifest, and the previous version is tried. A file that verifies but cannot be
 decoded now (out of memory, a limit tightened by an upgrade: `CheckpointUnreadable`), or a read
 that fails, is left in place and the read raises. A manifest that does not parse or lies is set
-aside and rebuilt from the version files (`pool.manifest`). Only the project's typed errors leave
+aside and rebuilt from the version files (`pool.store.manifest`). Only the project's typed errors leave
 this module: `StorageError` and its subclasses.
 """
 
@@ -38,9 +38,9 @@ from pydantic import TypeAdapter, ValidationError
 from agents.codec import Stamp, decode, encode, stamped
 from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
 from agents.models import AgentId, AgentRecord
-from pool import manifest as mf
-from pool.manifest import MANIFEST, Manifest, ManifestEntry
-from pool.private import FILE_MODE, fsync_dir, open_private, private_dir, write_all
+from pool.store import manifest as mf
+from pool.store.manifest import MANIFEST, Manifest, ManifestEntry
+from pool.store.private import FILE_MODE, fsync_dir, open_private, private_dir, write_all
 
 __all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
 

@@ -1,5 +1,5 @@
 """What the operator commands read from the PoolManager: `status`, `failed`, `inspect`, the
-benchmarks' `memory`, and the residency events and gauges. A mixin of `pool.manager.PoolManager`
+benchmarks' `memory`, and the residency events and gauges. A mixin of `pool.control.manager.PoolManager`
 (its state is the manager's); nothing here changes the pool.
 """
 
@@ -11,12 +11,12 @@ from typing import Any
 
 from agents.events import EventSink
 from agents.state import AgentState
-from pool.budget import Resident, VramLedger
-from pool.checkpoint import CheckpointStore
-from pool.metrics import PoolMetrics
-from pool.ops import AgentTrail
-from pool.registry import Registry
-from pool.slots import Slot
+from pool.control.budget import Resident, VramLedger
+from pool.control.registry import Registry
+from pool.control.slots import Slot
+from pool.ops.attach import AgentTrail
+from pool.ops.metrics import PoolMetrics
+from pool.store.checkpoint import CheckpointStore
 
 GAUGE_INTERVAL_S = 2.0
 

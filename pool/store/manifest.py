@@ -6,7 +6,7 @@ ever used apart from them. One that does not parse, or parses but lies (another 
 outside the folder, an entry above its own fence), is never trusted. It is rebuilt from what the
 folder itself says: each version file carries its agent id, version and epoch (`agents.codec`'s
 stamp), and each quarantined version left a note with its version and epoch, so the rebuilt fence
-and version counter never run backwards. I/O stays with the caller (`pool.checkpoint`).
+and version counter never run backwards. I/O stays with the caller (`pool.store.checkpoint`).
 """
 
 from __future__ import annotations

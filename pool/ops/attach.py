@@ -18,8 +18,8 @@ from rich.console import Group
 from rich.table import Table
 
 from agents.errors import UsageError
-from pool.actors import MANAGER_NAME, MONITOR_NAME
-from pool.runs import live_runs, run_namespace
+from pool.driver.runs import live_runs, run_namespace
+from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
 
 TRAIL_EVENTS = frozenset({
     "agent.state_changed", "agent.activated", "agent.memory_compressed", "agent.failed",

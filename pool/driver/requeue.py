@@ -22,10 +22,10 @@ from pathlib import Path
 from agents.errors import UsageError
 from agents.models import TaskStatus
 from agents.state import AgentState
-from pool.checkpoint import CheckpointStore
-from pool.deadletters import DeadLetterTable
-from pool.journal import ResultJournal
-from pool.runs import LOCK_NAME, check_out_folder
+from pool.driver.runs import LOCK_NAME, check_out_folder
+from pool.store.checkpoint import CheckpointStore
+from pool.store.deadletters import DeadLetterTable
+from pool.store.journal import ResultJournal
 from recovery.monitor import fold_letters
 
 
@@ -98,7 +98,7 @@ def _is_failed(store: CheckpointStore, agent_id: str) -> bool:
 
 @contextlib.contextmanager
 def _holding(out: Path) -> Iterator[None]:
-    """The `--out` folder's lock (`pool.runs`), taken without writing a holder into it: the
+    """The `--out` folder's lock (`pool.driver.runs`), taken without writing a holder into it: the
     file keeps naming the last driver, whose pool the next driver may have to take down."""
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:

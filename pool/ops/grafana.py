@@ -1,4 +1,4 @@
-"""A Grafana dashboard of the `selfheal_*` metrics, built from `pool.metrics.METRICS`.
+"""A Grafana dashboard of the `selfheal_*` metrics, built from `pool.ops.metrics.METRICS`.
 
 `selfheal grafana` prints it (import it in Grafana: Dashboards > New > Import); `--install`
 writes it into the Ray session's provisioned dashboards folder, where the Grafana that Ray's
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pool.metrics import METRICS, PREFIX
+from pool.ops.metrics import METRICS, PREFIX
 
 UID = "selfheal-agents"
 SESSION_DASHBOARDS = Path("/tmp/ray/session_latest/metrics/grafana/dashboards")

@@ -134,7 +134,7 @@ def live_runs(prefix: str) -> list[dict[str, Any]]:
     """The runs whose pool manager is alive on the connected cluster, as `run` / `namespace`."""
     from ray.util import list_named_actors
 
-    from pool.actors import MANAGER_NAME
+    from pool.runtime.actors import MANAGER_NAME
 
     found = [a["namespace"] for a in list_named_actors(all_namespaces=True)
              if a["name"] == MANAGER_NAME and a["namespace"].startswith(f"{prefix}-")]
@@ -147,7 +147,7 @@ def shutdown_pool(namespace: str) -> int:
     import ray
 
     from agents.engines.shared import shutdown_engines
-    from pool.actors import MANAGER_NAME, MONITOR_NAME
+    from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
 
     killed = shutdown_engines(namespace)
     for name in (MONITOR_NAME, MANAGER_NAME):  # the manager last: it may be the caller

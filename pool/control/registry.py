@@ -3,7 +3,7 @@
 An agent that has not been used since it was registered (no work queued, never bound) costs one
 dict slot here: its id mapped to a small int packing its priority and its profile, the index of
 its spec's persona and sampling settings (everything but id and priority) among the distinct
-ones seen, which are kept once (`pool.agent_table` holds the same rows durably). The first use of
+ones seen, which are kept once (`pool.store.agent_table` holds the same rows durably). The first use of
 an agent (`get`) turns it into a full `Entry` (state, epoch, hot-tier reference, Host), in the
 bucket of its state; it stays one. Counts come from the buckets and the compact map, never from a
 second counter that can drift. Agents with queued work wait in per-priority FIFO queues;

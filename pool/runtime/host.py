@@ -14,8 +14,8 @@ Whatever one task raises besides `EngineFault` (a schema that cannot be checked,
 engine refuses, MemoryError, a backoff that cannot be slept) fails that task alone, with a
 one-line reason and a `host.task_error` event; the agent and its other tasks go on.
 
-Binding, parking and the engine's device are the `pool.residency.Residency` half. No Ray here:
-the Ray actor in `pool/actors.py` wraps this class, so tests drive it directly.
+Binding, parking and the engine's device are the `pool.runtime.residency.Residency` half. No Ray here:
+the Ray actor in `pool/runtime/actors.py` wraps this class, so tests drive it directly.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from agents.errors import EngineFault, FaultClass, GroundTruth, SelfhealError, U
 from agents.events import EventSink
 from agents.models import AgentRecord, GenerationParams, Task, TaskResult, TaskStatus, Turn
 from agents.state import AgentState, Event
-from pool.checkpoint import CheckpointStore
-from pool.residency import Residency
-from pool.voting import vote, votes_for
+from pool.runtime.residency import Residency
+from pool.runtime.voting import vote, votes_for
+from pool.store.checkpoint import CheckpointStore
 from recovery.contract import schema_problem
 from recovery.health import score
 from recovery.policy import apply_retune, decide

@@ -1,7 +1,7 @@
 """The PoolManager's side of the GPU: the engine base in the ledger, reconciliation of the ledger with
 pynvml, and pausing (engine sleep, else parking every resident).
 
-A mixin of `pool.manager.PoolManager` (its state is the manager's): the ledger starts from the
+A mixin of `pool.control.manager.PoolManager` (its state is the manager's): the ledger starts from the
 configured (or, for llama.cpp, planned from the model's metadata) engine base and takes the
 engine's own figure (`base_mib` of its `info()`: the vLLM weights, llama.cpp's model and compute
 buffers as it logs them) once the engine reports it. Every `reconcile_s` seconds each GPU's Hosts
@@ -27,10 +27,10 @@ from agents.config import PoolConfig
 from agents.engines.gpumem import total_used
 from agents.errors import UsageError
 from agents.events import EventSink
-from pool.budget import Resident, VramLedger
-from pool.checkpoint import CheckpointStore
-from pool.hosts import Done, HostClient, Reply
-from pool.slots import Slot
+from pool.control.budget import Resident, VramLedger
+from pool.control.hosts import Done, HostClient, Reply
+from pool.control.slots import Slot
+from pool.store.checkpoint import CheckpointStore
 
 MEASURE_TIMEOUT_S = 10.0
 PAUSE_FILE = "paused.json"  # in the checkpoint store: a pause outlives a manager restart

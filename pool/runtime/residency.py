@@ -1,6 +1,6 @@
 """A Host's residency half: bind an agent, park it, commit its checkpoint, ask the engine.
 
-`HostRuntime` (`pool/host.py`) adds the EXECUTE -> MONITOR -> RECOVER loop on top. The agent's
+`HostRuntime` (`pool/runtime/host.py`) adds the EXECUTE -> MONITOR -> RECOVER loop on top. The agent's
 KV state lives in the engine (its slot) while it is resident and goes into its checkpoint when
 it is parked, unless it is over `engine.kv_max_bytes`.
 """
@@ -18,7 +18,7 @@ from agents.errors import UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord
 from agents.state import RESIDENT, AgentState, Event, next_state
-from pool.checkpoint import CheckpointStore
+from pool.store.checkpoint import CheckpointStore
 
 QUIET = frozenset({(AgentState.IDLE, AgentState.RUNNING), (AgentState.RUNNING, AgentState.IDLE)})
 
@@ -65,7 +65,7 @@ class Residency:
         # After a run the agent is already committed (in a resident state, which a later bind
         # reads as a lost Host): only the hot-tier copy needs the DORMANT state, unless the
         # engine's KV of the agent goes into the checkpoint now. An agent bound from its registry
-        # row (`pool.agent_table`) has no checkpoint yet: its first park writes it.
+        # row (`pool.store.agent_table`) has no checkpoint yet: its first park writes it.
         changed = self._dirty or kv != agent.kv_state or not self.store.exists(agent.spec.agent_id)
         data = self._commit(parked) if changed else codec.encode(parked)
         self.agent = None

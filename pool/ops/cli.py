@@ -80,7 +80,7 @@ def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, co
         address: str | None, no_progress: bool, keep_pool: bool, run_id: str | None,
         **flags: Any) -> None:
     from agents.config import load_settings
-    from pool.batch import RunOptions, run_batch
+    from pool.driver.batch import RunOptions, run_batch
 
     def go() -> None:
         settings = load_settings(config, _overrides(**flags))
@@ -178,7 +178,7 @@ def _print(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:
               help="Refresh every SECONDS until Ctrl-C.")
 def status(address: str | None, namespace: str, run: str | None, as_json: bool,
            watch: float | None) -> None:
-    from pool import ops
+    from pool.ops import attach as ops
 
     def go() -> None:
         manager, monitor = ops.attach(address, namespace, run)
@@ -202,8 +202,8 @@ def status(address: str | None, namespace: str, run: str | None, as_json: bool,
 @_NAMESPACE
 @_JSON
 def runs(address: str | None, namespace: str, as_json: bool) -> None:
-    from pool import ops
-    from pool.runs import live_runs
+    from pool.driver.runs import live_runs
+    from pool.ops import attach as ops
 
     def go() -> None:
         ops.connect(address)
@@ -226,8 +226,8 @@ def runs(address: str | None, namespace: str, as_json: bool) -> None:
 @_NAMESPACE
 @_RUN
 def stop(address: str | None, namespace: str, run: str | None) -> None:
-    from pool import ops
-    from pool.runs import shutdown_pool
+    from pool.driver.runs import shutdown_pool
+    from pool.ops import attach as ops
 
     def go() -> None:
         ops.connect(address)
@@ -248,7 +248,7 @@ def stop(address: str | None, namespace: str, run: str | None) -> None:
 def failed(address: str | None, namespace: str, run: str | None, as_json: bool) -> None:
     import ray
 
-    from pool import ops
+    from pool.ops import attach as ops
 
     def go() -> None:
         manager, _ = ops.attach(address, namespace, run)
@@ -284,7 +284,7 @@ def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_
 
 
 def _retry_out(agent_ids: tuple[str, ...], out: Path, checkpoint_dir: Path | None) -> None:
-    from pool.requeue import retry_offline
+    from pool.driver.requeue import retry_offline
 
     root = checkpoint_dir or Path("checkpoints")
     done = retry_offline(out, root if root.is_absolute() else out / root, list(agent_ids) or None)
@@ -300,7 +300,7 @@ def _retry_live(agent_ids: tuple[str, ...], address: str | None, namespace: str,
                 run: str | None) -> None:
     import ray
 
-    from pool import ops
+    from pool.ops import attach as ops
 
     manager, _ = ops.attach(address, namespace, run)
     ids = list(agent_ids) or [a["agent_id"] for a in ray.get(manager.failed.remote())["agents"]]
@@ -325,7 +325,7 @@ def _retry_live(agent_ids: tuple[str, ...], address: str | None, namespace: str,
 def pause(timeout_s: float, address: str | None, namespace: str, run: str | None) -> None:
     import ray
 
-    from pool import ops
+    from pool.ops import attach as ops
 
     def go() -> None:
         manager, _ = ops.attach(address, namespace, run)
@@ -346,7 +346,7 @@ def pause(timeout_s: float, address: str | None, namespace: str, run: str | None
 def resume(address: str | None, namespace: str, run: str | None) -> None:
     import ray
 
-    from pool import ops
+    from pool.ops import attach as ops
 
     def go() -> None:
         manager, _ = ops.attach(address, namespace, run)
@@ -366,7 +366,7 @@ def inspect(agent_id: str, address: str | None, namespace: str, run: str | None,
             as_json: bool) -> None:
     import ray
 
-    from pool import ops
+    from pool.ops import attach as ops
 
     def go() -> None:
         manager, _ = ops.attach(address, namespace, run)
@@ -386,7 +386,7 @@ def inspect(agent_id: str, address: str | None, namespace: str, run: str | None,
 def grafana(do_install: bool) -> None:
     import json
 
-    from pool.grafana import dashboard, install
+    from pool.ops.grafana import dashboard, install
 
     def go() -> None:
         if do_install:

@@ -1,15 +1,16 @@
 """The PoolManager actor: plan -> apply -> fold for thousands of agents on a few warm Hosts.
 
 It owns the registry (one small entry per agent), the task queues, the residency of agents on
-Hosts and the VRAM ledger. Each scheduling pass asks the pure planner (`pool.budget.plan`) which
+Hosts and the VRAM ledger. Each scheduling pass asks the pure planner (`pool.control.budget.plan`) which
 dormant agents with work to activate and which residents to park, applies the plan to the Hosts
 (park: commit + unbind, bytes kept in the object store as the hot tier; activate: bind a
 checkpoint to a warm Host), dispatches queued tasks to resident agents in batches, and folds the
 outcomes back: terminal results, migrations, lost Hosts, failed agents.
 
 Its GPU side (engine base, reconciliation with device readings, pause/resume) is the
-`pool.vram.VramControl` mixin, its read-only operator queries the `pool.queries.Queries` mixin.
-Its Hosts are created in `pool.slots` and called only through `pool.hosts.HostClient`, whose
+`pool.control.vram.VramControl` mixin, its read-only operator queries the
+`pool.control.queries.Queries` mixin.
+Its Hosts are created in `pool.control.slots` and called only through `pool.control.hosts.HostClient`, whose
 replies (done, gone, failed, stalled) the manager folds; it never handles a Ray error of a Host.
 """
 
@@ -33,21 +34,21 @@ from agents.errors import FaultClass, StorageError
 from agents.events import EventSink
 from agents.models import AgentSpec, Task, TaskResult, TaskStatus
 from agents.state import AgentState
-from pool.actors import MONITOR_NAME, MonitorActor
-from pool.agent_table import AgentTable, committed_or_initial, initial_bytes
-from pool.budget import Demand, Resident, VramLedger, plan
-from pool.checkpoint import CheckpointStore
-from pool.deaths import count_deaths, forget
-from pool.gate import start_gate
-from pool.host import Carry, Outcome
-from pool.hosts import Done, Failed, Gone, Stalled
-from pool.metrics import PoolMetrics
-from pool.ops import AgentTrail
-from pool.queries import Queries
-from pool.registry import Registry, Unreachable
-from pool.runs import split_namespace
-from pool.slots import Slot, create_hosts, locate, place_on_gpus, retire_node
-from pool.vram import VramControl
+from pool.control.budget import Demand, Resident, VramLedger, plan
+from pool.control.deaths import count_deaths, forget
+from pool.control.gate import start_gate
+from pool.control.hosts import Done, Failed, Gone, Stalled
+from pool.control.queries import Queries
+from pool.control.registry import Registry, Unreachable
+from pool.control.slots import Slot, create_hosts, locate, place_on_gpus, retire_node
+from pool.control.vram import VramControl
+from pool.driver.runs import split_namespace
+from pool.ops.attach import AgentTrail
+from pool.ops.metrics import PoolMetrics
+from pool.runtime.actors import MONITOR_NAME, MonitorActor
+from pool.runtime.host import Carry, Outcome
+from pool.store.agent_table import AgentTable, committed_or_initial, initial_bytes
+from pool.store.checkpoint import CheckpointStore
 
 Item = tuple[Task, Carry | None]
 
@@ -82,7 +83,7 @@ class PoolManager(VramControl, Queries):
         self.trail = AgentTrail()  # recent events per agent, for `selfheal inspect`
         self.exclude: dict[str, str] = {}  # agent_id -> Host it must not return to (migration)
         self.crashes: dict[str, int] = {}  # agent_id -> Hosts lost under it outside a batch
-        self.task_deaths: dict[str, int] = {}  # task_id -> Hosts lost running it (pool.deaths)
+        self.task_deaths: dict[str, int] = {}  # task_id -> Hosts lost running it (pool.control.deaths)
         self.reviving: set[str] = set()  # lost Hosts not yet answering again: no agent goes there
         self.moving: dict[str, Move] = {}  # agents migrating, until bound on their new Host
         self.paused: dict[int, str] = {}  # gpu -> how it was given back (`pause`)
@@ -563,7 +564,7 @@ class PoolManager(VramControl, Queries):
             idle = time.monotonic() - self.drained
             if not self.kept and idle > timeout:
                 self.events.emit("pool.reaped", namespace=self.cfg.namespace, idle_s=round(idle, 1))
-                from pool.runs import shutdown_pool
+                from pool.driver.runs import shutdown_pool
 
                 shutdown_pool(self.cfg.namespace)  # kills this actor last
                 return

@@ -1,6 +1,6 @@
 """The Ray edge: Host and HealthMonitor actors wrap the plain runtimes.
 
-Only this module and `pool/manager.py` import ray. A Host is created once, warm, with a
+Only this module and `pool/control/manager.py` import ray. A Host is created once, warm, with a
 fractional GPU, and reused for many agents; it holds no model: it calls its GPU's shared engine
 (one actor per GPU, see `agents.engines.shared`), in whose KV slot `slot` its agent lives.
 """
@@ -18,10 +18,10 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 from agents.config import Settings
 from agents.engines.factory import make_engine
 from agents.models import Task
-from pool.checkpoint import CheckpointStore
-from pool.deadletters import DeadLetterTable
-from pool.host import Carry, HostRuntime, MonitorUnavailable, Outcome
-from pool.metrics import MonitorMetrics
+from pool.ops.metrics import MonitorMetrics
+from pool.runtime.host import Carry, HostRuntime, MonitorUnavailable, Outcome
+from pool.store.checkpoint import CheckpointStore
+from pool.store.deadletters import DeadLetterTable
 from recovery.monitor import Monitor
 from recovery.types import Decision, HealthReport, Signals
 

@@ -39,7 +39,7 @@ class GateState:
 
 
 def _manager_alive(namespace: str) -> bool:
-    from pool.actors import MANAGER_NAME
+    from pool.runtime.actors import MANAGER_NAME
 
     try:
         ray.get_actor(MANAGER_NAME, namespace=namespace)

@@ -1,0 +1,1 @@
+"""The control side: the scheduler, the PoolManager loop, the Host wrapper, GPU control."""

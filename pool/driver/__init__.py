@@ -1,0 +1,1 @@
+"""The batch driver: inputs, runs, the results schema, summaries."""

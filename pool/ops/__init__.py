@@ -1,0 +1,1 @@
+"""Operator tools: the `selfheal` CLI, attaching to a pool, metrics, Grafana, chaos checks."""

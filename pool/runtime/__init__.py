@@ -1,0 +1,1 @@
+"""What runs inside the actors: the Host's EXECUTE -> MONITOR -> RECOVER loop, residency, voting."""
