@@ -11,12 +11,14 @@ crash leaves behind (temp files, a renamed but uncommitted version) is deleted b
 The manifest keeps the highest epoch and version ever committed apart from its entries, so that
 dropping a bad version never lets versions run backwards or a zombie Host (lower epoch) write.
 A read checks size, sha256, the file's stamp and a full decode of the newest entry; a file that
-fails (corrupt: `CheckpointCorrupt`) is moved to `root/quarantine/<a>/` with a reason file,
-dropped from the manifest, and the previous version is tried. A file that verifies but cannot be
-decoded now (out of memory, a limit tightened by an upgrade: `CheckpointUnreadable`), or a read
-that fails, is left in place and the read raises. A manifest that does not parse or lies is set
-aside and rebuilt from the version files (`pool.store.manifest`). Only the project's typed errors leave
-this module: `StorageError` and its subclasses.
+fails (corrupt: `CheckpointCorrupt`) is moved to `root/quarantine/<a>/` with a reason file
+(`pool.store.quarantine`), dropped from the manifest, and the previous version is tried. A file
+that verifies but cannot be decoded now (out of memory, a limit tightened by an upgrade:
+`CheckpointUnreadable`), or a read that fails, is left in place and the read raises. A manifest
+that does not parse or lies is set aside and rebuilt from the version files (`pool.store.manifest`,
+`pool.store.quarantine`). Every file goes through the pool's one durable write,
+`pool.store.private.write_private`. Only the project's typed errors leave this module:
+`StorageError` and its subclasses.
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import json
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -39,8 +39,9 @@ from agents.codec import Stamp, decode, encode, stamped
 from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
 from agents.models import AgentId, AgentRecord
 from pool.store import manifest as mf
+from pool.store import quarantine as qt
 from pool.store.manifest import MANIFEST, Manifest, ManifestEntry
-from pool.store.private import FILE_MODE, fsync_dir, open_private, private_dir, write_all
+from pool.store.private import FILE_MODE, private_dir, write_private
 
 __all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
 
@@ -49,7 +50,6 @@ STEPS: Final = ("temp_written", "fsynced", "renamed", "manifest_written")
 
 log = structlog.get_logger(__name__)
 _agent_id = TypeAdapter(AgentId)
-_write_all = write_all  # a commit's low-level write, looked up per call: the chaos suite wraps it
 
 
 class CheckpointStore:
@@ -70,7 +70,7 @@ class CheckpointStore:
         """A pool-level file at the root (not an agent's: a pause, say), as durable as a commit."""
         try:
             private_dir(self.root)
-            self._write_durably(self.root / name, data)
+            write_private(self.root / name, data)
         except OSError as exc:
             raise _storage_error(f"cannot write {name}", exc) from exc
 
@@ -118,8 +118,8 @@ class CheckpointStore:
         entry = mf.entry_for(agent_id, 1, 0, data)
         tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
         with _locked(folder):
-            _write_private(folder / entry.file, data)
-            _write_private(tmp, mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
+            qt.write_small(folder / entry.file, data)
+            qt.write_small(tmp, mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
         return tmp
 
     @staticmethod
@@ -158,7 +158,7 @@ class CheckpointStore:
         data = make(Stamp(agent_id, version, epoch))  # a lost manifest is rebuilt from the files
         entry = mf.entry_for(agent_id, version, epoch, data)
         # A failure from here on leaves at worst an unlisted file: never read, pruned next time.
-        self._write_durably(folder / entry.file, data, hooks=True)
+        write_private(folder / entry.file, data, step=self._step)
         self._step("renamed")
         kept = (*old.entries, entry)[-self.keep :]
         self._save_manifest(folder, Manifest(agent_id, epoch, version, kept))
@@ -166,28 +166,9 @@ class CheckpointStore:
         self._prune(folder, kept)
         return entry
 
-    def _write_durably(self, path: Path, data: bytes, hooks: bool = False) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                _write_all(fd, data)
-                if hooks:
-                    self._step("temp_written")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if hooks:
-                self._step("fsynced")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-
-    def _save_manifest(self, folder: Path, manifest: Manifest) -> None:
-        self._write_durably(folder / MANIFEST, mf.to_json(manifest))
+    @staticmethod
+    def _save_manifest(folder: Path, manifest: Manifest) -> None:
+        write_private(folder / MANIFEST, mf.to_json(manifest))
 
     def _prune(self, folder: Path, kept: tuple[ManifestEntry, ...]) -> None:
         live = {e.file for e in kept}
@@ -313,50 +294,16 @@ class CheckpointStore:
             return mf.parse(raw, agent_id)
         except CheckpointCorrupt as exc:
             if locked:
-                return self._rebuild_manifest(folder, agent_id, raw, str(exc))
+                return qt.rebuild_manifest(self.root, folder, agent_id, raw, str(exc), self.keep)
         try:
             with _locked(folder):  # another reader may have rebuilt it meanwhile: look again
                 return self._load_manifest(folder, agent_id, locked=True)
         except OSError as exc:
             raise _storage_error(f"manifest of agent {agent_id} not rebuilt", exc) from exc
 
-    def _rebuild_manifest(self, folder: Path, agent_id: str, raw: bytes, why: str) -> Manifest:
-        """Set the bad manifest aside, then list the version files that verify, above the fence
-        and version counter of every version quarantined before."""
-        target = self._quarantine_folder(agent_id)
-        name = f"{MANIFEST}.{time.time_ns()}"
-        self._write_durably(target / name, raw)  # copied, not moved: a crash leaves it in place
-        _write_private(target / f"{name}.reason.json", _note({"reason": why}))
-        found, corrupt = [], []
-        for file in sorted(os.listdir(folder)):
-            version = mf.version_of(file)
-            if version is None:
-                continue
-            data = (folder / file).read_bytes()
-            try:
-                found.append(mf.scanned_entry(agent_id, version, data))
-            except CheckpointCorrupt as exc:
-                corrupt.append((mf.entry_for(agent_id, version, 0, data), str(exc)))
-        for entry, reason in corrupt:
-            self._quarantine_file(folder, entry, reason)
-        noted = [(n["version"], n["epoch"]) for n in self.quarantined_versions(agent_id)]
-        manifest = mf.rebuilt(agent_id, found, noted, self.keep)
-        self._save_manifest(folder, manifest)
-        log.warning("checkpoint.manifest_rebuilt", agent_id=agent_id, reason=why[:300],
-                    versions=[e.version for e in manifest.entries], epoch=manifest.epoch,
-                    version=manifest.version)
-        return manifest
-
     def quarantined_versions(self, agent_id: str) -> list[dict[str, Any]]:
-        """The notes of the agent's quarantined versions (version, epoch, reason...), by version;
-        a note that cannot be read is skipped."""
-        out = []
-        for note in (self.root / "quarantine" / agent_id).glob("*.reason.json"):
-            with contextlib.suppress(OSError, ValueError):
-                doc = json.loads(note.read_bytes())
-                if isinstance(doc.get("version"), int) and isinstance(doc.get("epoch"), int):
-                    out.append(doc)
-        return sorted(out, key=lambda d: int(d["version"]))
+        """The notes of the agent's quarantined versions (version, epoch, reason...), by version."""
+        return qt.quarantined_versions(self.root, agent_id)
 
     # ---- quarantine ---------------------------------------------------------------------
 
@@ -379,23 +326,8 @@ class CheckpointStore:
             raise _storage_error(f"quarantine of agent {agent_id} failed", exc) from exc
         log.warning("checkpoint.agent_quarantined", agent_id=agent_id, reason=reason)
 
-    def _quarantine_folder(self, agent_id: str) -> Path:
-        return private_dir(self.root / "quarantine" / agent_id)
-
     def _quarantine_file(self, folder: Path, entry: ManifestEntry, reason: str) -> None:
-        target = self._quarantine_folder(entry.agent_id)
-        name = f"{entry.file}.{time.time_ns()}"
-        moved = True
-        try:
-            os.replace(folder / entry.file, target / name)
-        except FileNotFoundError:
-            moved = False
-        note = {"reason": reason, "moved": moved, **mf.as_dict(entry)}
-        _write_private(target / f"{name}.reason.json", _note(note))
-        fsync_dir(target)
-        log.warning(
-            "checkpoint.quarantined", agent_id=entry.agent_id, version=entry.version, reason=reason
-        )
+        qt.quarantine_file(self.root, folder, entry, reason)
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -417,16 +349,6 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """A small file, owner-only, not fsynced (the caller makes it durable)."""
-    with open_private(path, "wb") as fh:
-        fh.write(data)
-
-
-def _note(doc: dict[str, object]) -> bytes:
-    return (json.dumps(doc, indent=1) + "\n").encode()
 
 
 def _remove_temps(folder: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,16 +41,25 @@ def open_private(path: Path, mode: str = "ab") -> IO[Any]:
     return fh
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically and durably: a 0600 temp, fsync, rename, fsync."""
+def write_private(path: Path, data: bytes, step: Callable[[str], None] | None = None) -> None:
+    """Replace `path` with `data` atomically and durably: a 0600 temp, fsync, rename, fsync.
+
+    The one durable write of the pool (checkpoints, manifests, the agent table, the summary).
+    `step` is told "temp_written" and "fsynced" as they happen: the checkpoint store's kill -9
+    tests stop a writer there. A failure removes the temp and leaves `path` as it was.
+    """
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            write_all(fd, data)
+            write_all(fd, data)  # looked up per call: the chaos suite's full disk wraps it
+            if step is not None:
+                step("temp_written")
             os.fsync(fd)
         finally:
             os.close(fd)
+        if step is not None:
+            step("fsynced")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,8 +1,9 @@
 """Fault injection inside Ray worker processes: a `worker_process_setup_hook`.
 
-`install` wraps the checkpoint store's low-level write: while the flag file `$CHAOS_FLAG_DIR/enospc`
-exists, every checkpoint write in every Host (and the manager) fails with ENOSPC, as on a full disk.
-Removing the file frees the disk again.
+`install` wraps the low-level write under the pool's one durable write
+(`pool.store.private.write_all`, called by `write_private`, which every checkpoint commit goes
+through): while the flag file `$CHAOS_FLAG_DIR/enospc` exists, every checkpoint write in every
+Host (and the manager) fails with ENOSPC, as on a full disk. Removing the file frees the disk.
 
 It also counts executions engine-side: every `generate` of the scripted engine appends
 `task_id attempt seed` to `$CHAOS_FLAG_DIR/executions/<pid>.log`, so the checks see how often a
@@ -28,9 +29,9 @@ def executions_dir() -> Path | None:
 
 def install() -> None:
     _count_executions()
-    import pool.store.checkpoint as ck
+    import pool.store.private as private
 
-    real = ck._write_all
+    real = private.write_all
     flag = disk_full_flag()
 
     def write_all(fd: int, data: bytes) -> None:
@@ -38,7 +39,7 @@ def install() -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data)
 
-    ck._write_all = write_all
+    private.write_all = write_all
 
 
 def _count_executions() -> None:
