@@ -5,14 +5,14 @@ Every user mistake (bad flag, file, config value) ends in one line on stderr and
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from agents.errors import SelfhealError, UsageError
+from agents.errors import UsageError
+from pool.ops.commands import OPERATOR_COMMANDS
+from pool.ops.options import JSON, guard
 
 
 def _overrides(**flags: Any) -> dict[str, Any]:
@@ -29,17 +29,6 @@ def _overrides(**flags: Any) -> dict[str, Any]:
             section, key = where[flag]
             out.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
     return out
-
-
-def _guard(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except UsageError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except SelfhealError as exc:
-        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
 
 
 @click.group(help=__doc__)
@@ -91,10 +80,7 @@ def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, co
                              agents_file=chosen, address=address, progress=not no_progress,
                              keep_pool=keep_pool, run_id=run_id))
 
-    _guard(go)
-
-
-_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    guard(go)
 
 
 def _run_id(value: str | None) -> str | None:
@@ -124,7 +110,7 @@ def _run_id(value: str | None) -> str | None:
               help="Reserve for llama.cpp's compute buffers (the engine reports its own at start).")
 @click.option("--cache-type", type=click.Choice(["f16", "bf16", "f32", "q8_0", "q4_0"]),
               default="f16", show_default=True, help="KV cache element type.")
-@_JSON
+@JSON
 def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, watermark: float,
          slots_per_gpu: int, compute_mib: float, cache_type: str, as_json: bool) -> None:
     from agents.engines.llama_server import model_file
@@ -145,237 +131,7 @@ def plan(model: Path | None, shape: str | None, budget_mib: int, ctx: int, water
             return
         click.echo("\n".join(p.lines()))
 
-    _guard(go)
-
-
-# -- operating a running pool ---------------------------------------------------------------
-_ADDRESS = click.option("--address", envvar="RAY_ADDRESS",
-                        help="Ray cluster address (default: $RAY_ADDRESS, else the running one).")
-_NAMESPACE = click.option("--namespace", default="selfheal", show_default=True,
-                          help="Prefix of the pools' Ray namespaces (config pool.namespace).")
-_RUN = click.option("--run", help="The run whose pool to use (`selfheal runs` lists them); "
-                                  "default: the only live run.")
-
-
-def _print(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:
-    import json
-
-    from rich.console import Console
-
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        Console().print(view(data))
-
-
-@main.command(help="Agents by state, residents per Host with their health score, the VRAM "
-                   "ledger and the queue of the running pool.")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-@_JSON
-@click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS",
-              help="Refresh every SECONDS until Ctrl-C.")
-def status(address: str | None, namespace: str, run: str | None, as_json: bool,
-           watch: float | None) -> None:
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        manager, monitor = ops.attach(address, namespace, run)
-        if not watch:
-            _print(ops.snapshot(manager, monitor), ops.status_view, as_json)
-            return
-        import time
-
-        from rich.live import Live
-
-        with Live(ops.status_view(ops.snapshot(manager, monitor)), auto_refresh=False) as live:
-            while True:
-                time.sleep(watch)
-                live.update(ops.status_view(ops.snapshot(manager, monitor)), refresh=True)
-
-    _guard(go)
-
-
-@main.command(help="The runs whose pools are live on the cluster (each run has its own).")
-@_ADDRESS
-@_NAMESPACE
-@_JSON
-def runs(address: str | None, namespace: str, as_json: bool) -> None:
-    from pool.driver.runs import live_runs
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        ops.connect(address)
-        found = live_runs(namespace)
-        if as_json:
-            _print(found, str, as_json)
-            return
-        for r in found:
-            click.echo(f"{r['run']}  (namespace {r['namespace']})")
-        if not found:
-            click.echo("no live runs")
-
-    _guard(go)
-
-
-@main.command(help="End a run's pool (one kept with `selfheal run --keep-pool`, or a killed "
-                   "driver's): its manager, monitor, Hosts and engines exit and the cluster's "
-                   "GPU shares are free again. Committed results and checkpoints stay.")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-def stop(address: str | None, namespace: str, run: str | None) -> None:
-    from pool.driver.runs import shutdown_pool
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        ops.connect(address)
-        ns = ops.pick_run(namespace, run)
-        killed = shutdown_pool(ns)
-        if not killed:
-            raise UsageError(f"no pool is running in namespace {ns}")
-        click.echo(f"stopped {ns} ({killed} actors)")
-
-    _guard(go)
-
-
-@main.command(help="FAILED agents and dead-lettered tasks, with their reasons.")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-@_JSON
-def failed(address: str | None, namespace: str, run: str | None, as_json: bool) -> None:
-    import ray
-
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        manager, _ = ops.attach(address, namespace, run)
-        _print(ray.get(manager.failed.remote(), timeout=30), ops.failed_view, as_json)
-
-    _guard(go)
-
-
-@main.command(help="Release FAILED agents back to DORMANT (tier 3's human step): AGENT_ID... "
-                   "or --all. With --out, on a run's files (no pool needed): each agent's failed "
-                   "tasks are requeued there, and the next `selfheal run --out OUT` runs them. "
-                   "Without it, in the live pool of --run: its next tasks activate it again.")
-@click.argument("agent_ids", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Release every FAILED agent.")
-@click.option("--out", type=click.Path(path_type=Path),
-              help="The run's output folder: release there and requeue the failed tasks.")
-@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
-              help="With --out: the run's checkpoint folder (default OUT/checkpoints).")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_dir: Path | None,
-          address: str | None, namespace: str, run: str | None) -> None:
-    def go() -> None:
-        if bool(agent_ids) == every:
-            raise UsageError("give AGENT_ID... or --all (not both)")
-        if out is None:
-            _retry_live(agent_ids, address, namespace, run)
-        else:
-            _retry_out(agent_ids, out, checkpoint_dir)
-
-    _guard(go)
-
-
-def _retry_out(agent_ids: tuple[str, ...], out: Path, checkpoint_dir: Path | None) -> None:
-    from pool.driver.requeue import retry_offline
-
-    root = checkpoint_dir or Path("checkpoints")
-    done = retry_offline(out, root if root.is_absolute() else out / root, list(agent_ids) or None)
-    for r in done:
-        click.echo(r.line(out))
-    if not agent_ids and not done:
-        click.echo(f"no FAILED agent in {out}")
-    if agent_ids and not all(r.released or r.requeued for r in done):
-        sys.exit(1)
-
-
-def _retry_live(agent_ids: tuple[str, ...], address: str | None, namespace: str,
-                run: str | None) -> None:
-    import ray
-
-    from pool.ops import attach as ops
-
-    manager, _ = ops.attach(address, namespace, run)
-    ids = list(agent_ids) or [a["agent_id"] for a in ray.get(manager.failed.remote())["agents"]]
-    done = ray.get([manager.release.remote(a) for a in ids], timeout=60)
-    for agent_id, ok in zip(ids, done, strict=True):
-        click.echo(f"{agent_id}: {'released to DORMANT' if ok else 'not FAILED (unchanged)'}")
-    if any(done):
-        click.echo("their failed tasks stay failed in the run's ledger: `selfheal retry AGENT "
-                   "--out OUT` requeues them for the next `selfheal run --out OUT`", err=True)
-    if agent_ids and not all(done):
-        sys.exit(1)
-
-
-@main.command(help="Give the pool's GPUs back: each engine sleeps where it can (vLLM on CUDA), "
-                   "else every resident agent is checkpointed and parked. Tasks wait until "
-                   "`selfheal resume`.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="Seconds to wait for running batches to end first.")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-def pause(timeout_s: float, address: str | None, namespace: str, run: str | None) -> None:
-    import ray
-
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        manager, _ = ops.attach(address, namespace, run)
-        got = ray.get(manager.pause.remote(timeout_s), timeout=timeout_s + 120)
-        for g in got["gpus"]:
-            how = "engine asleep" if g["mode"] == "slept" else f"{g['parked']} agents parked"
-            click.echo(f"gpu {g['gpu']}: {how}")
-        click.echo(f"paused in {got['elapsed_s']:.2f} s; `selfheal resume` takes the GPUs again")
-
-    _guard(go)
-
-
-@main.command(help="Take the GPUs again after `selfheal pause`: sleeping engines wake up and "
-                   "queued tasks run.")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-def resume(address: str | None, namespace: str, run: str | None) -> None:
-    import ray
-
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        manager, _ = ops.attach(address, namespace, run)
-        got = ray.get(manager.resume.remote(), timeout=120)
-        click.echo(f"resumed; engines woken on gpus {got['woken']}" if got["woken"] else "resumed")
-
-    _guard(go)
-
-
-@main.command(help="One agent: state, checkpoint versions, last health reports and history.")
-@click.argument("agent_id")
-@_ADDRESS
-@_NAMESPACE
-@_RUN
-@_JSON
-def inspect(agent_id: str, address: str | None, namespace: str, run: str | None,
-            as_json: bool) -> None:
-    import ray
-
-    from pool.ops import attach as ops
-
-    def go() -> None:
-        manager, _ = ops.attach(address, namespace, run)
-        info = ray.get(manager.inspect.remote(agent_id), timeout=30)
-        if info is None:
-            raise UsageError(f"unknown agent {agent_id}")
-        _print(info, ops.inspect_view, as_json)
-
-    _guard(go)
+    guard(go)
 
 
 @main.command(help="A Grafana dashboard of the selfheal_* metrics (agents by state, residents, "
@@ -394,16 +150,18 @@ def grafana(do_install: bool) -> None:
         else:
             click.echo(json.dumps(dashboard(), indent=2))
 
-    _guard(go)
+    guard(go)
 
 
-def _add_bench() -> None:
+def _add_commands() -> None:
+    """The operator commands (`pool.ops.commands`) and `bench` (`pool.bench.cli`)."""
     from pool.bench.cli import bench
 
-    main.add_command(bench)
+    for command in (*OPERATOR_COMMANDS, bench):
+        main.add_command(command)
 
 
-_add_bench()
+_add_commands()
 
 
 if __name__ == "__main__":
