@@ -32,6 +32,7 @@ from agents.errors import StorageError
 from agents.models import AgentRecord
 from pool.control.registry import Registry, Row
 from pool.store.checkpoint import CheckpointStore
+from pool.store.location import resolve
 from pool.store.private import private_dir, write_private
 
 FOLDER: Final = "registry"
@@ -48,8 +49,9 @@ log = structlog.get_logger(__name__)
 class AgentTable:
     """The registered agents under `store_root/registry/`; see the module docstring."""
 
-    def __init__(self, store_root: Path) -> None:
-        self.folder = store_root / FOLDER
+    def __init__(self, store_root: str | Path) -> None:
+        """`store_root`: the store's path or URI; an object store is refused for now."""
+        self.folder = resolve(store_root).local_path("the agent table") / FOLDER
 
     def append(self, rows: Sequence[Row]) -> None:
         """Commit `rows` as one file; committed only when this returns."""

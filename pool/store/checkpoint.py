@@ -16,36 +16,40 @@ fails (corrupt: `CheckpointCorrupt`) is moved to `root/quarantine/<a>/` with a r
 that verifies but cannot be decoded now (out of memory, a limit tightened by an upgrade:
 `CheckpointUnreadable`), or a read that fails, is left in place and the read raises. A manifest
 that does not parse or lies is set aside and rebuilt from the version files (`pool.store.manifest`,
-`pool.store.quarantine`). Every file goes through the pool's one durable write,
-`pool.store.private.write_private`. Only the project's typed errors leave this module:
-`StorageError` and its subclasses.
+`pool.store.quarantine`). Only the project's typed errors leave this module: `StorageError` and
+its subclasses.
+
+The store is named by a path or a URI (`pool.store.location`): a path or `file://` is the local
+disk as above (`pool.store.files.PosixFiles`: every file through `pool.store.private.write_private`);
+`s3://` and `gs://` are object stores through `pyarrow.fs` (`ObjectFiles`), where the same
+protocol runs on object PUTs without rename or flock: the manifest PUT is still the commit point,
+and one writer per agent rests on the pool's epochs, as `pool.store.files` spells out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Final
 
+import pyarrow.fs as pafs
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from agents.codec import Stamp, decode, encode, stamped
+from agents.codec import Stamp, encode, stamped
 from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
 from agents.models import AgentId, AgentRecord
 from pool.store import manifest as mf
 from pool.store import quarantine as qt
+from pool.store.files import LOCK, Files, ObjectFiles, PosixFiles
+from pool.store.location import resolve
 from pool.store.manifest import MANIFEST, Manifest, ManifestEntry
-from pool.store.private import FILE_MODE, private_dir, write_private
 
 __all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
 
-LOCK: Final = ".lock"
 STEPS: Final = ("temp_written", "fsynced", "renamed", "manifest_written")
 
 log = structlog.get_logger(__name__)
@@ -56,23 +60,52 @@ class CheckpointStore:
     """Versioned, crash-safe agent checkpoints under `root`; see the module docstring."""
 
     def __init__(
-        self, root: Path, keep: int = 3, fault_hook: Callable[[str], None] | None = None
+        self, root: str | Path, keep: int = 3, fault_hook: Callable[[str], None] | None = None,
+        filesystem: pafs.FileSystem | None = None,
     ) -> None:
+        """`root`: a path, a file:// URI, or an s3://, gs:// or mock:// URI
+        (`pool.store.location`); with `filesystem`, a path inside that filesystem."""
         if keep < 1:
             raise UsageError(f"keep must be at least 1, got {keep}")
-        self.root = Path(root)
         self.keep = keep
         self._hook = fault_hook
+        self.files: Files
+        if filesystem is not None:
+            self.uri, self.files = str(root), ObjectFiles(filesystem)
+            self._base: PurePath = PurePosixPath(str(root).strip("/"))
+        else:
+            where = resolve(root)
+            self.uri = where.uri
+            local = where.is_local
+            self.files = PosixFiles() if local else ObjectFiles(where.filesystem())
+            self._base = Path(where.path) if local else PurePosixPath(where.path)
+        # The local folder (for an object store, the path inside it: use the store's methods).
+        self.root = Path(self._base)
 
     # ---- writes -------------------------------------------------------------------------
 
     def put_meta(self, name: str, data: bytes) -> None:
         """A pool-level file at the root (not an agent's: a pause, say), as durable as a commit."""
         try:
-            private_dir(self.root)
-            write_private(self.root / name, data)
+            self.files.make_dir(self._base)
+            self.files.put(self._base / name, data)
         except OSError as exc:
             raise _storage_error(f"cannot write {name}", exc) from exc
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A pool-level file's bytes; None when there is none."""
+        try:
+            return self.files.get(self._base / name)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(f"cannot read {name}", exc) from exc
+
+    def delete_meta(self, name: str) -> None:
+        try:
+            self.files.delete(self._base / name)
+        except OSError as exc:
+            raise _storage_error(f"cannot delete {name}", exc) from exc
 
     def write(self, record: AgentRecord, epoch: int) -> ManifestEntry:
         """Commit `record` as the agent's next version; committed only when this returns."""
@@ -81,7 +114,7 @@ class CheckpointStore:
     def write_bytes(self, agent_id: str, data: bytes, epoch: int) -> ManifestEntry:
         """Commit an already encoded record; bytes that do not decode to this agent are refused."""
         self._folder(agent_id)  # a bad id is a UsageError before the bytes are looked at
-        self._check_record(agent_id, data)
+        mf.check_record(agent_id, data)
         return self._commit(agent_id, lambda stamp: stamped(data, stamp), epoch)
 
     def write_initial_many(self, records: Iterable[AgentRecord]) -> int:
@@ -94,14 +127,16 @@ class CheckpointStore:
         durable. Crash-safe like `write`: an agent whose manifest is not linked does not exist,
         and the next write removes what it left behind.
         """
+        if not self.files.is_local:
+            return self._put_initial_many(records)
         staged: list[tuple[Path, Path]] = []
         try:
             for record in records:
                 agent_id = record.spec.agent_id
-                folder = self._folder(agent_id)
+                folder = Path(self._folder(agent_id))
                 if (folder / MANIFEST).exists():
                     continue
-                private_dir(folder)
+                self.files.make_dir(folder)
                 data = encode(record, Stamp(agent_id, 1, 0))
                 staged.append((folder, self._stage_initial(folder, agent_id, data)))
             if not staged:
@@ -117,14 +152,13 @@ class CheckpointStore:
         """Version 1's data file and a manifest temp listing it, neither fsynced."""
         entry = mf.entry_for(agent_id, 1, 0, data)
         tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
-        with _locked(folder):
-            qt.write_small(folder / entry.file, data)
-            qt.write_small(tmp, mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
+        with self.files.lock(folder):
+            self.files.put_small(folder / entry.file, data)
+            self.files.put_small(tmp, mf.to_json(Manifest(agent_id, 0, 1, (entry,))))
         return tmp
 
-    @staticmethod
-    def _link_manifest(folder: Path, tmp: Path) -> bool:
-        with _locked(folder):
+    def _link_manifest(self, folder: Path, tmp: Path) -> bool:
+        with self.files.lock(folder):
             try:
                 os.link(tmp, folder / MANIFEST)
             except FileExistsError:  # committed by another writer meanwhile: theirs stands
@@ -133,32 +167,52 @@ class CheckpointStore:
                 tmp.unlink(missing_ok=True)
         return True
 
+    def _put_initial_many(self, records: Iterable[AgentRecord]) -> int:
+        """On an object store: version 1 then its manifest, two PUTs per agent without one.
+        The look and the PUT are not atomic: registration has one writer, the manager."""
+        new = 0
+        try:
+            for record in records:
+                agent_id = record.spec.agent_id
+                folder = self._folder(agent_id)
+                if self.files.exists(folder / MANIFEST):
+                    continue
+                data = encode(record, Stamp(agent_id, 1, 0))
+                entry = mf.entry_for(agent_id, 1, 0, data)
+                self.files.make_dir(folder)
+                self.files.put(folder / entry.file, data)
+                self._save_manifest(folder, Manifest(agent_id, 0, 1, (entry,)))
+                new += 1
+        except OSError as exc:
+            raise _storage_error("initial checkpoint write failed", exc) from exc
+        return new
+
     def _commit(self, agent_id: str, make: Callable[[Stamp], bytes], epoch: int) -> ManifestEntry:
         """Commit the bytes `make` gives for the new version's stamp (known under the lock)."""
         folder = self._folder(agent_id)
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise UsageError(f"epoch must be a non-negative int, got {epoch!r}")
         try:
-            private_dir(folder, durable=True)
-            with _locked(folder):
+            self.files.make_dir(folder, durable=True)
+            with self.files.lock(folder):
                 return self._commit_locked(folder, agent_id, make, epoch)
         except OSError as exc:
             raise _storage_error(f"checkpoint write for agent {agent_id} failed", exc) from exc
 
     def _commit_locked(
-        self, folder: Path, agent_id: str, make: Callable[[Stamp], bytes], epoch: int
+        self, folder: PurePath, agent_id: str, make: Callable[[Stamp], bytes], epoch: int
     ) -> ManifestEntry:
         old = self._load_manifest(folder, agent_id, locked=True) or Manifest(agent_id, 0, 0, ())
         if epoch < old.epoch:
             raise StaleEpoch(
                 f"agent {agent_id}: write with epoch {epoch} refused, epoch {old.epoch} committed"
             )
-        _remove_temps(folder)
+        self._remove_temps(folder)
         version = old.version + 1
         data = make(Stamp(agent_id, version, epoch))  # a lost manifest is rebuilt from the files
         entry = mf.entry_for(agent_id, version, epoch, data)
         # A failure from here on leaves at worst an unlisted file: never read, pruned next time.
-        write_private(folder / entry.file, data, step=self._step)
+        self.files.put(folder / entry.file, data, step=self._step)
         self._step("renamed")
         kept = (*old.entries, entry)[-self.keep :]
         self._save_manifest(folder, Manifest(agent_id, epoch, version, kept))
@@ -166,18 +220,22 @@ class CheckpointStore:
         self._prune(folder, kept)
         return entry
 
-    @staticmethod
-    def _save_manifest(folder: Path, manifest: Manifest) -> None:
-        write_private(folder / MANIFEST, mf.to_json(manifest))
+    def _save_manifest(self, folder: PurePath, manifest: Manifest) -> None:
+        self.files.put(folder / MANIFEST, mf.to_json(manifest))
 
-    def _prune(self, folder: Path, kept: tuple[ManifestEntry, ...]) -> None:
+    def _prune(self, folder: PurePath, kept: tuple[ManifestEntry, ...]) -> None:
         live = {e.file for e in kept}
         try:
-            for name in os.listdir(folder):
+            for name in self.files.names(folder):
                 if name.endswith(".arrow") and name not in live:
-                    (folder / name).unlink(missing_ok=True)
+                    self.files.delete(folder / name)
         except OSError as exc:  # the write is committed; the next one prunes again
             log.warning("checkpoint.prune_failed", folder=str(folder), error=str(exc))
+
+    def _remove_temps(self, folder: PurePath) -> None:
+        for name in self.files.names(folder):
+            if name.endswith(".tmp"):
+                self.files.delete(folder / name)
 
     def _step(self, step: str) -> None:
         if self._hook is not None:
@@ -202,17 +260,17 @@ class CheckpointStore:
     def _read_verified(self, agent_id: str) -> tuple[bytes, AgentRecord, ManifestEntry]:
         folder = self._folder(agent_id)
         try:
-            if not (folder / MANIFEST).exists():
-                raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
-            with _locked(folder):
+            if not self.files.exists(folder / MANIFEST):
+                raise StorageError(f"no checkpoint for agent {agent_id} under {self.uri}")
+            with self.files.lock(folder):
                 return self._read_locked(folder, agent_id)
         except OSError as exc:
             raise _storage_error(f"checkpoint read for agent {agent_id} failed", exc) from exc
 
-    def _read_locked(self, folder: Path, agent_id: str) -> tuple[bytes, AgentRecord, ManifestEntry]:
+    def _read_locked(self, folder: PurePath, agent_id: str) -> tuple[bytes, AgentRecord, ManifestEntry]:
         manifest = self._load_manifest(folder, agent_id, locked=True)
         if manifest is None:
-            raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
+            raise StorageError(f"no checkpoint for agent {agent_id} under {self.uri}")
         if manifest.quarantined is not None:
             raise CheckpointCorrupt(f"agent {agent_id} is quarantined: {manifest.quarantined}")
         entries = list(manifest.entries)
@@ -221,8 +279,8 @@ class CheckpointStore:
                 entry = entries[-1]
                 reason = None
                 try:
-                    data = (folder / entry.file).read_bytes()
-                    return data, self._check_entry(entry, data), entry
+                    data = self.files.get(folder / entry.file)
+                    return data, mf.check_entry(entry, data), entry
                 except FileNotFoundError:
                     reason = "file missing"
                 except CheckpointCorrupt as exc:
@@ -233,21 +291,6 @@ class CheckpointStore:
         finally:
             if len(entries) != len(manifest.entries):
                 self._save_manifest(folder, dataclasses.replace(manifest, entries=tuple(entries)))
-
-    def _check_entry(self, entry: ManifestEntry, data: bytes) -> AgentRecord:
-        if len(data) != entry.size:
-            raise CheckpointCorrupt(f"size {len(data)} != {entry.size} in manifest")
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise CheckpointCorrupt("sha256 mismatch")
-        mf.check_stamp(entry, data)
-        return self._check_record(entry.agent_id, data)
-
-    @staticmethod
-    def _check_record(agent_id: str, data: bytes) -> AgentRecord:
-        record = decode(data)
-        if record.spec.agent_id != agent_id:
-            raise CheckpointCorrupt(f"holds agent {record.spec.agent_id}, expected {agent_id}")
-        return record
 
     # ---- manifest -----------------------------------------------------------------------
 
@@ -269,23 +312,21 @@ class CheckpointStore:
 
     def exists(self, agent_id: str) -> bool:
         """Whether the store knows the agent (a quarantined agent exists: reading it raises)."""
-        return (self._folder(agent_id) / MANIFEST).exists()
+        return self.files.exists(self._folder(agent_id) / MANIFEST)
 
     def agent_ids(self) -> Iterator[str]:
         """Every known agent, shard by shard (not globally sorted)."""
-        agents = self.root / "agents"
-        if not agents.is_dir():
-            return
-        for shard in sorted(agents.iterdir()):
-            for folder in sorted(shard.iterdir()):
-                if (folder / MANIFEST).exists():
-                    yield folder.name
+        agents = self._base / "agents"
+        for shard in self.files.names(agents):
+            for name in self.files.names(agents / shard):
+                if self.files.exists(agents / shard / name / MANIFEST):
+                    yield name
 
-    def _load_manifest(self, folder: Path, agent_id: str, locked: bool = False) -> Manifest | None:
+    def _load_manifest(self, folder: PurePath, agent_id: str, locked: bool = False) -> Manifest | None:
         """The agent's manifest (None: no such agent); a corrupt one is rebuilt, under the
         folder's lock (`locked`: the caller holds it)."""
         try:
-            raw = (folder / MANIFEST).read_bytes()
+            raw = self.files.get(folder / MANIFEST)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -294,16 +335,17 @@ class CheckpointStore:
             return mf.parse(raw, agent_id)
         except CheckpointCorrupt as exc:
             if locked:
-                return qt.rebuild_manifest(self.root, folder, agent_id, raw, str(exc), self.keep)
+                return qt.rebuild_manifest(self.files, self._base, folder, agent_id, raw,
+                                           str(exc), self.keep)
         try:
-            with _locked(folder):  # another reader may have rebuilt it meanwhile: look again
+            with self.files.lock(folder):  # another reader may have rebuilt it meanwhile: look again
                 return self._load_manifest(folder, agent_id, locked=True)
         except OSError as exc:
             raise _storage_error(f"manifest of agent {agent_id} not rebuilt", exc) from exc
 
     def quarantined_versions(self, agent_id: str) -> list[dict[str, Any]]:
         """The notes of the agent's quarantined versions (version, epoch, reason...), by version."""
-        return qt.quarantined_versions(self.root, agent_id)
+        return qt.quarantined_versions(self.files, self._base, agent_id)
 
     # ---- quarantine ---------------------------------------------------------------------
 
@@ -311,12 +353,12 @@ class CheckpointStore:
         """Move all of the agent's versions to `root/quarantine/`; reading it then raises."""
         folder = self._folder(agent_id)
         try:
-            if not (folder / MANIFEST).exists():
-                raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
-            with _locked(folder):
+            if not self.files.exists(folder / MANIFEST):
+                raise StorageError(f"no checkpoint for agent {agent_id} under {self.uri}")
+            with self.files.lock(folder):
                 manifest = self._load_manifest(folder, agent_id, locked=True)
                 if manifest is None:
-                    raise StorageError(f"no checkpoint for agent {agent_id} under {self.root}")
+                    raise StorageError(f"no checkpoint for agent {agent_id} under {self.uri}")
                 for entry in reversed(manifest.entries):
                     self._quarantine_file(folder, entry, reason)
                 self._save_manifest(
@@ -326,36 +368,18 @@ class CheckpointStore:
             raise _storage_error(f"quarantine of agent {agent_id} failed", exc) from exc
         log.warning("checkpoint.agent_quarantined", agent_id=agent_id, reason=reason)
 
-    def _quarantine_file(self, folder: Path, entry: ManifestEntry, reason: str) -> None:
-        qt.quarantine_file(self.root, folder, entry, reason)
+    def _quarantine_file(self, folder: PurePath, entry: ManifestEntry, reason: str) -> None:
+        qt.quarantine_file(self.files, self._base, folder, entry, reason)
 
     # ---- layout -------------------------------------------------------------------------
 
-    def _folder(self, agent_id: str) -> Path:
+    def _folder(self, agent_id: str) -> PurePath:
         try:
             _agent_id.validate_python(agent_id, strict=True)
         except ValidationError:
             raise UsageError(f"invalid agent id {agent_id!r}") from None
         shard = hashlib.sha256(agent_id.encode()).hexdigest()[:2]
-        return self.root / "agents" / shard / agent_id
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Exclusive flock on the agent's lock file: one holder at a time, across processes."""
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _remove_temps(folder: Path) -> None:
-    for name in os.listdir(folder):
-        if name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
+        return self._base / "agents" / shard / agent_id
 
 
 def _storage_error(what: str, exc: OSError) -> StorageError:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import structlog
 
+from pool.store.location import resolve
 from pool.store.private import fsync_dir, open_private, private_dir
 
 NAME: Final = "dead_letters.jsonl"
@@ -26,8 +27,9 @@ log = structlog.get_logger(__name__)
 
 
 class DeadLetterTable:
-    def __init__(self, root: Path) -> None:
-        self.path = Path(root) / NAME
+    def __init__(self, root: str | Path) -> None:
+        """`root`: the store's path or URI; an object store is refused (appends need POSIX)."""
+        self.path = resolve(root).local_path("the dead-letter table") / NAME
 
     def append(self, rows: list[dict[str, Any]]) -> bool:
         """Append `rows` durably; False (and an event) when the disk refused them."""

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agents.codec import CheckpointUnreadable, Stamp, decode, read_stamp
 from agents.errors import CheckpointCorrupt
+from agents.models import AgentRecord
 
 MANIFEST: Final = "MANIFEST.json"
 FORMAT: Final = 1
@@ -98,6 +99,23 @@ def _check(m: Manifest, agent_id: str) -> None:
         problems.append("entry epoch above the fence")
     if problems:
         raise CheckpointCorrupt(f"manifest of agent {agent_id} is invalid: {', '.join(problems)}")
+
+
+def check_entry(entry: ManifestEntry, data: bytes) -> AgentRecord:
+    """The record in a version file's bytes; `CheckpointCorrupt` when they are not the entry's."""
+    if len(data) != entry.size:
+        raise CheckpointCorrupt(f"size {len(data)} != {entry.size} in manifest")
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise CheckpointCorrupt("sha256 mismatch")
+    check_stamp(entry, data)
+    return check_record(entry.agent_id, data)
+
+
+def check_record(agent_id: str, data: bytes) -> AgentRecord:
+    record = decode(data)
+    if record.spec.agent_id != agent_id:
+        raise CheckpointCorrupt(f"holds agent {record.spec.agent_id}, expected {agent_id}")
+    return record
 
 
 def check_stamp(entry: ManifestEntry, data: bytes) -> None:

@@ -1,0 +1,83 @@
+"""Where the store lives: a local path, or a URI that `pyarrow.fs` resolves (Ray Train's
+`storage_path` convention), so every node of a cluster reads the same store.
+
+Theory of operation. `resolve(uri)` is pure: it reads the scheme and nothing else, so a `Location`
+is cheap to make on any node from the URI string the driver passes through Ray (never a `Path`:
+a path means "this node's disk"). A plain path or a `file://` URI is local and stays on the POSIX
+code (`pool.store.files.PosixFiles`: fsync, flock, private modes, kill -9 safety). `s3://`,
+`gs://`/`gcs://` (and Arrow's in-memory `mock://`, for tests) are object stores, reached through
+`pyarrow.fs.FileSystem.from_uri` the first time the filesystem is needed (for S3 that first call
+asks the bucket's region over the network). Any other scheme is a `UsageError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import pyarrow.fs as pafs
+
+from agents.errors import StorageError, UsageError
+
+OBJECT_SCHEMES: Final = frozenset({"s3", "gs", "gcs", "mock"})
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A resolved store root: a local folder, or a path inside a `pyarrow.fs` filesystem."""
+
+    uri: str  # as given (a plain path stays a plain path): what travels through Ray
+    scheme: str  # "" for a local path (file:// included), else "s3", "gs", "gcs" or "mock"
+    path: str  # the local path, or the path inside the filesystem (bucket first, no scheme)
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == ""
+
+    def local_path(self, what: str = "this operation") -> Path:
+        """The local folder; a `UsageError` naming `what` for an object store."""
+        if not self.is_local:
+            raise UsageError(f"{what} needs a local path or file:// URI, not {self.uri}")
+        return Path(self.path)
+
+    def filesystem(self) -> pafs.FileSystem:
+        """The object store's `pyarrow.fs` filesystem (resolved now, on this node)."""
+        if self.is_local:
+            return pafs.LocalFileSystem()
+        try:
+            fs, _ = pafs.FileSystem.from_uri(self.uri)
+        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+            raise StorageError(f"cannot open the store {self.uri}: {exc}") from exc
+        return fs
+
+
+def resolve(uri: str | Path) -> Location:
+    """The location `uri` names; a `UsageError` for a scheme the store cannot use."""
+    if isinstance(uri, Path):
+        head = uri.parts[0].rstrip(":").lower() if uri.parts else ""
+        if uri.parts and uri.parts[0].endswith(":") and head in OBJECT_SCHEMES | {"file"}:
+            # Path("s3://b/x") is "s3:/b/x": a local folder named "s3:" if taken as it is.
+            raise UsageError(f"{uri}: a URI made into a Path; pass the URI string")
+        return Location(str(uri), "", str(uri))
+    text = uri.strip()
+    if not text:
+        raise UsageError("the store location is empty")
+    if "://" not in text:
+        return Location(uri, "", text)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(f"{uri}: a file:// URI names this machine's disk, not {parts.netloc}")
+        return Location(uri, "", unquote(parts.path) or "/")
+    if scheme not in OBJECT_SCHEMES:
+        raise UsageError(f"{uri}: storage scheme {scheme!r} is not supported "
+                         "(a path, file://, s3:// or gs://)")
+    if scheme == "mock":  # Arrow reads mock://host/p as the path "p"
+        return Location(uri, scheme, parts.path.strip("/"))
+    if not parts.netloc:
+        raise UsageError(f"{uri}: no bucket")
+    path = str(PurePosixPath(parts.netloc) / parts.path.lstrip("/")).rstrip("/")
+    return Location(uri, "gs" if scheme == "gcs" else scheme, path)
