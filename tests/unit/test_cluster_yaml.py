@@ -58,3 +58,24 @@ def test_token_auth_on_every_node_and_the_dashboard_on_loopback(config: dict) ->
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
     assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+SHARED = "/mnt/selfheal"
+
+
+def test_every_node_mounts_the_same_shared_store(config: dict) -> None:
+    # setup_commands run on the head and on every worker: the store is where each node looks.
+    mounts = [c for c in config["setup_commands"] if "mount -t nfs4" in c]
+    assert len(mounts) == 1 and mounts[0].rstrip().endswith(f":/ {SHARED}"), mounts
+    assert mounts[0].startswith(f"mountpoint -q {SHARED} ||"), "a rerun of setup does not mount twice"
+    assert "nfsvers=4.1" in mounts[0] and "hard" in mounts[0]  # flock works; no silent short write
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert not any("mount" in c for c in config.get(key, [])), "one mount, on every node"
+    for node in config["available_node_types"].values():
+        assert "setup_commands" not in node, "a node type that overrides setup loses the mount"
+    assert f"chmod 700 {SHARED}" in " ".join(config["setup_commands"])  # agents' memories
+
+
+def test_the_jobs_put_out_and_checkpoints_on_the_shared_store() -> None:
+    text = (ROOT / "cluster.yaml").read_text()
+    assert f"--out {SHARED}/runs/" in text  # OUT/checkpoints, the default store, is shared too
