@@ -81,10 +81,11 @@ class HostClient:
         return await self._within(self._call("park"), self.watchdog_s)
 
     async def run(
-        self, agent_id: str, batch: list[Any], headroom: float
+        self, agent_id: str, batch: list[Any], headroom: float, dispatch: int
     ) -> Reply[tuple[list[Any], list[dict[str, Any]], int]]:
-        """Run a batch on the resident agent: outcomes, the run's events, KV tokens held after."""
-        ref = self.handle.run.options(name=f"{agent_id}.run").remote(batch, headroom)
+        """Run a batch on the resident agent: outcomes, the run's events, KV tokens held after.
+        The Host tags its reports of the agent's state during the batch with `dispatch`."""
+        ref = self.handle.run.options(name=f"{agent_id}.run").remote(batch, headroom, dispatch)
         return await self._within(_future(ref), self.watchdog_s)
 
     def release(self) -> asyncio.Future[Reply[None]]:

@@ -86,6 +86,9 @@ class PoolManager(VramControl, Queries):
         self.task_deaths: dict[str, int] = {}  # task_id -> Hosts lost running it (pool.control.deaths)
         self.reviving: set[str] = set()  # lost Hosts not yet answering again: no agent goes there
         self.moving: dict[str, Move] = {}  # agents migrating, until bound on their new Host
+        # agent_id -> the number of its batch in flight: the Host's state reports carry it
+        self.dispatches: dict[str, int] = {}
+        self._dispatched = 0  # batches dispatched so far: each gets the next number
         self.paused: dict[int, str] = {}  # gpu -> how it was given back (`pause`)
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]
             name=MONITOR_NAME, namespace=self.cfg.namespace, lifetime="detached",
@@ -316,7 +319,17 @@ class PoolManager(VramControl, Queries):
         slot.busy = True
         self._follow(slot.agent, AgentState.RUNNING)  # START
         headroom = self.ledger.headroom(self._residents_on(slot.gpu), slot.gpu)
-        asyncio.get_running_loop().create_task(self._collect(slot, slot.agent, batch, headroom))
+        self._dispatched += 1
+        self.dispatches[slot.agent] = self._dispatched
+        asyncio.get_running_loop().create_task(
+            self._collect(slot, slot.agent, batch, headroom, self._dispatched))
+
+    def report_state(self, agent_id: str, dispatch: int, state: str) -> None:
+        """A Host's report of its agent's new state during batch `dispatch` (fire-and-forget):
+        taken only while that batch is in flight, so a late report of an earlier batch, or of
+        a Host fenced off since, never overwrites what the pool knows now."""
+        if dispatch and self.dispatches.get(agent_id) == dispatch:
+            self._follow(agent_id, AgentState(state))
 
     def _over_limit(self) -> set[int]:
         """GPUs holding more than their limit (a reconciliation found memory the ledger missed)."""
@@ -327,9 +340,13 @@ class PoolManager(VramControl, Queries):
         return [Resident(s.agent, s.gpu, 0, 0.0, self.ledger.footprint(s.kv_tokens), s.busy, False)
                 for s in self.slots if s.agent and s.gpu == gpu]
 
-    async def _collect(self, slot: Slot, agent_id: str, batch: list[Item], headroom: float) -> None:
+    async def _collect(
+        self, slot: Slot, agent_id: str, batch: list[Item], headroom: float, dispatch: int = 0
+    ) -> None:
         given = self.registry.get(agent_id).epoch  # the epoch its Host was bound with
-        reply = await slot.host.run(agent_id, batch, headroom)
+        reply = await slot.host.run(agent_id, batch, headroom, dispatch)
+        if dispatch:  # its reply (or silence) decides now: later state reports are stale
+            self.dispatches.pop(agent_id, None)
         if isinstance(reply, Stalled):  # its agent moves on, the Host stays busy until it answers
             await self._stalled(slot, agent_id, batch, reply, "run")
             return

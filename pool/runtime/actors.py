@@ -3,6 +3,8 @@
 Only this module and `pool/control/manager.py` import ray. A Host is created once, warm, with a
 fractional GPU, and reused for many agents; it holds no model: it calls its GPU's shared engine
 (one actor per GPU, see `agents.engines.shared`), in whose KV slot `slot` its agent lives.
+While it runs a batch, it tells the manager each move of its agent's state (`PoolManager.report_state`),
+fire-and-forget, tagged with the batch's dispatch number so that the manager drops a late one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 from agents.config import Settings
 from agents.engines.factory import make_engine
 from agents.models import Task
+from agents.state import AgentState
 from pool.ops.metrics import MonitorMetrics
 from pool.runtime.host import Carry, HostRuntime, MonitorUnavailable, Outcome
 from pool.store.checkpoint import CheckpointStore
@@ -37,7 +40,10 @@ class HostActor:
         engine = make_engine(settings.engine, pool=settings.pool, slot=slot, slots=slots)
         store = CheckpointStore(Path(store_root), keep=settings.pool.keep_versions)
         self.monitor_timeout_s = settings.pool.monitor_timeout_s
-        self.rt = HostRuntime(host_id, settings, engine, store, self._assess)
+        self.namespace = settings.pool.namespace
+        self.dispatch = 0  # the manager's number of the batch running; 0: nothing to report
+        self._manager: Any = None  # looked up at the first report; False: there is none
+        self.rt = HostRuntime(host_id, settings, engine, store, self._assess, on_state=self._report)
         self.gpu = (ray.get_gpu_ids() or ["0"])[0]
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -59,6 +65,24 @@ class HostActor:
         except RayTaskError as exc:  # the monitor raised: its own error, for the task's reason
             raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
 
+    def _report(self, agent_id: str, state: AgentState) -> None:
+        """Tell the manager a move of the agent's state during a batch. Never waited for and
+        never the batch's failure: a lost report is only a late view (the batch's reply carries
+        the state it ended in)."""
+        if not self.dispatch or (manager := self._manager_handle()) is None:
+            return
+        with contextlib.suppress(RayError):
+            manager.report_state.remote(agent_id, self.dispatch, state.value)
+
+    def _manager_handle(self) -> Any:
+        """The pool manager's handle, looked up once (a detached actor named in our namespace)."""
+        if self._manager is None:
+            try:
+                self._manager = ray.get_actor(MANAGER_NAME, namespace=self.namespace)
+            except (ValueError, RayError):  # no manager (a benchmark's bare Host): not asked again
+                self._manager = False
+        return self._manager or None
+
     def info(self) -> dict[str, Any]:
         return {"gpu": str(self.gpu), "node": self.node, "pid": os.getpid(),
                 "agent": self.rt.agent.spec.agent_id if self.rt.agent else None}
@@ -67,11 +91,17 @@ class HostActor:
         return {**self.rt.bind(agent_id, blob, epoch), "events": self.rt.events.drain()}
 
     def run(
-        self, tasks: list[tuple[Task, Carry | None]], headroom: float
+        self, tasks: list[tuple[Task, Carry | None]], headroom: float, dispatch: int = 0
     ) -> tuple[list[Outcome], list[dict[str, Any]], int]:
         """Outcomes, the events of the run (they ride back with the results), and the tokens of
-        KV the engine holds for the agent afterwards."""
-        return self.rt.run(tasks, headroom), self.rt.events.drain(), self.rt.kv_tokens()
+        KV the engine holds for the agent afterwards. `dispatch` tags the state reports of the
+        run (0: a caller that is not the manager, nothing is reported)."""
+        self.dispatch = dispatch
+        try:
+            outcomes = self.rt.run(tasks, headroom)
+        finally:
+            self.dispatch = 0
+        return outcomes, self.rt.events.drain(), self.rt.kv_tokens()
 
     def park(self) -> bytes:
         return self.rt.park()

@@ -102,6 +102,7 @@ class HostRuntime(Residency):
         assess: Assess,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_state: Callable[[str, AgentState], None] | None = None,
     ) -> None:
         self.host_id = host_id
         self.settings = settings
@@ -110,6 +111,7 @@ class HostRuntime(Residency):
         self.assess = assess
         self.clock = clock
         self.sleep = sleep
+        self.on_state = on_state  # told each move of the agent's state during `run`
         self.events = EventSink(host_id)
         self.agent: AgentRecord | None = None
         self.epoch = 0

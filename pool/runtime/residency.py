@@ -2,12 +2,15 @@
 
 `HostRuntime` (`pool/runtime/host.py`) adds the EXECUTE -> MONITOR -> RECOVER loop on top. The agent's
 KV state lives in the engine (its slot) while it is resident and goes into its checkpoint when
-it is parked, unless it is over `engine.kv_max_bytes`.
+it is parked, unless it is over `engine.kv_max_bytes`. Each move of the agent's state during a run
+is told to `on_state` as it happens (the manager follows it mid-batch); bind and park are not:
+the manager makes those moves itself.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agents import codec
@@ -32,6 +35,7 @@ class Residency:
     agent: AgentRecord | None
     epoch: int
     _dirty: bool  # the agent changed since its last committed checkpoint
+    on_state: Callable[[str, AgentState], None] | None  # (agent id, new state) after each move
 
     # -- residency -------------------------------------------------------------------------
     def bind(self, agent_id: str, blob: bytes | None, epoch: int) -> dict[str, Any]:
@@ -116,6 +120,8 @@ class Residency:
             self.events.emit("agent.state_changed", agent_id=agent.spec.agent_id,
                              old=agent.state.value, new=new.value, host=self.host_id)
         self.agent = agent.model_copy(update={"state": new})
+        if self.on_state is not None:
+            self.on_state(agent.spec.agent_id, new)
 
     def _keeps_kv(self) -> bool:
         return self.settings.engine.kv_snapshot and self._require().state is not AgentState.FAILED

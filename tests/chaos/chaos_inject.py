@@ -8,12 +8,18 @@ Host (and the manager) fails with ENOSPC, as on a full disk. Removing the file f
 It also counts executions engine-side: every `generate` of the scripted engine appends
 `task_id attempt seed` to `$CHAOS_FLAG_DIR/executions/<pid>.log`, so the checks see how often a
 task really ran, apart from how many results it got.
+
+And it holds agents in a state: while the file `$CHAOS_FLAG_DIR/hold/<agent_id>` exists and
+names a state (`recovering`, `degraded`, ...), the Host of that agent stops right after the agent
+enters that state, says so (`hold/<agent_id>.held`) and waits there until the test removes the
+file. A test sees the state for as long as it needs, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 
@@ -27,8 +33,14 @@ def executions_dir() -> Path | None:
     return Path(folder) / "executions" if folder else None
 
 
+def hold_dir() -> Path | None:
+    folder = os.environ.get("CHAOS_FLAG_DIR")
+    return Path(folder) / "hold" if folder else None
+
+
 def install() -> None:
     _count_executions()
+    _hold_states()
     import pool.store.private as private
 
     real = private.write_all
@@ -62,3 +74,31 @@ def _count_executions() -> None:
         return real(self, req)
 
     ScriptedEngine.generate = generate  # type: ignore[method-assign]
+
+
+def _hold_states() -> None:
+    from agents.state import Event
+    from pool.runtime.residency import Residency
+
+    folder = hold_dir()
+    if folder is None:
+        return
+    real = Residency._move
+
+    def move(self: Residency, event: Event) -> None:
+        real(self, event)  # moved (and reported) first: the hold is in the new state
+        agent = self._require()
+        flag = folder / agent.spec.agent_id
+        if _names(flag, agent.state.value):
+            (folder / f"{agent.spec.agent_id}.held").touch()  # the test knows the Host is there
+        while _names(flag, agent.state.value):
+            time.sleep(0.02)  # until the test removes the flag
+
+    Residency._move = move  # type: ignore[method-assign]
+
+
+def _names(flag: Path, state: str) -> bool:
+    try:
+        return flag.read_text().strip() == state
+    except FileNotFoundError:
+        return False

@@ -409,3 +409,17 @@ def test_a_run_reports_the_agents_state_when_it_ended(tmp_path: Path) -> None:
     outcomes = host.run(_tasks(2), headroom=0.5)
     assert host.agent is not None and host.agent.state is AgentState.DEGRADED
     assert [o.agent_state for o in outcomes] == [AgentState.DEGRADED] * 2
+
+
+def test_each_transition_of_a_run_is_reported_as_it_happens(tmp_path: Path) -> None:
+    host, _ = _host(tmp_path, "permanent")  # retried (RECOVERING), then failed (DEGRADED)
+    seen: list[tuple[str, AgentState, AgentState]] = []
+    host.on_state = lambda agent_id, state: seen.append((agent_id, state, host.agent.state))
+    host.run(_tasks(1), headroom=0.5)
+    assert {a for a, _, _ in seen} == {"a1"}
+    assert all(reported is now for _, reported, now in seen), "reported after the move, not before"
+    states = [s for _, s, _ in seen]
+    assert states[:2] == [AgentState.RUNNING, AgentState.RECOVERING] and states[-1] is AgentState.DEGRADED
+    host.on_state = lambda agent_id, state: seen.append(("bind/park", state, state))
+    host.park()
+    assert seen[-1][0] == "a1", "parking is not a run's transition: the manager knows it"

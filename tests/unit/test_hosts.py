@@ -70,18 +70,18 @@ def test_a_hosts_answer_and_its_errors_become_replies() -> None:
     assert isinstance(stale, Failed) and stale.stale and stale.error.startswith("StaleEpoch")
 
 
-def test_run_names_the_call_after_its_agent_and_passes_the_batch() -> None:
+def test_run_names_the_call_after_its_agent_and_passes_the_batch_and_its_dispatch() -> None:
     run = _Method(([], [{"event": "e"}], 12))
-    reply = _run(_client(run=run).run("a1", ["task"], 0.5))
+    reply = _run(_client(run=run).run("a1", ["task"], 0.5, 7))
     assert reply == Done(([], [{"event": "e"}], 12))
-    assert run.named == ["a1.run"] and run.calls == [(["task"], 0.5)]
+    assert run.named == ["a1.run"] and run.calls == [(["task"], 0.5, 7)]
 
 
 def test_a_silent_host_stalls_at_the_watchdog_and_its_late_answer_is_a_reply() -> None:
     run = _Method(SILENT)
 
     async def go() -> tuple[Any, Any]:
-        reply = await _client(0.05, run=run).run("a1", [], 1.0)
+        reply = await _client(0.05, run=run).run("a1", [], 1.0, 1)
         assert isinstance(reply, Stalled) and not reply.answer.done()
         run.pending[0].set_exception(RayActorError())  # it dies later: still no error raised
         return reply, await reply.answer
