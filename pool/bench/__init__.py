@@ -7,6 +7,11 @@ activation latency at N vs 1,000 agents), pool overhead (scripted steps/s vs bar
 real-model throughput and latency vs llama-server with as many slots), self-healing (three
 policies on one seeded fault mix) and budget fidelity. `run_bench` writes `bench.json` and
 `bench.png` under `out`.
+
+This package is the one home of the benchmarks. Two run on their own, each with an entry point in
+scripts/: `compare` (no recovery vs naive retry vs tiered healing on the shipped tasks with the
+real model, `scripts/compare_recovery.py`) and `migration` (an agent moved off a GPU under
+memory pressure vs a new actor, `scripts/migration.py`).
 """
 
 from __future__ import annotations
