@@ -1,19 +1,15 @@
 """What the operator commands read from the PoolManager: `status`, `failed`, `inspect`, the
-benchmarks' `memory`, and the residency events and gauges. A mixin of `pool.control.manager.PoolManager`
-(its state is the manager's); nothing here changes the pool.
+benchmarks' `memory`, and the residency events and gauges. `Views`, a collaborator of
+`pool.control.manager.PoolManager`, reads the scheduler's facts; nothing here changes the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any
 
-from agents.events import EventSink
 from agents.state import AgentState
-from pool.control.budget import Resident, VramLedger
-from pool.control.registry import Registry
-from pool.control.slots import Slot
+from pool.control.scheduler import Scheduler
 from pool.ops.attach import AgentTrail
 from pool.ops.metrics import PoolMetrics
 from pool.store.checkpoint import CheckpointStore
@@ -21,81 +17,71 @@ from pool.store.checkpoint import CheckpointStore
 GAUGE_INTERVAL_S = 2.0
 
 
-class Queries:
-    slots: list[Slot]
-    ledger: VramLedger
-    registry: Registry
-    store: CheckpointStore
-    queues: dict[str, deque[Any]]
-    crashes: dict[str, int]
-    paused: dict[int, str]
-    trail: AgentTrail
-    monitor: Any
-    events: EventSink
-    metrics: PoolMetrics
+class Views:
+    def __init__(self, sched: Scheduler, store: CheckpointStore, monitor: Any, trail: AgentTrail,
+                 metrics: PoolMetrics) -> None:
+        self.sched, self.store, self.monitor, self.trail, self.metrics = (
+            sched, store, monitor, trail, metrics)
 
-    def _residents_on(self, gpu: int) -> list[Resident]:
-        raise NotImplementedError
+    def note_residency(self) -> None:
+        ledger = self.sched.ledger
+        for gpu in range(ledger.num_gpus):
+            residents = self.sched.residents_on(gpu)
+            self.sched.events.emit("pool.residency", gpu=gpu, residents=len(residents),
+                                   used_mib=ledger.used(residents, gpu), limit_mib=ledger.limit_mib,
+                                   slots=ledger.slots_per_gpu)
+        self.gauges()
 
-    def _queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+    def gauges(self) -> None:
+        ledger = self.sched.ledger
+        for gpu in range(ledger.num_gpus):
+            residents = self.sched.residents_on(gpu)
+            self.metrics.gpu(gpu, len(residents), ledger.used(residents, gpu), ledger.budget_mib,
+                             ledger.limit_mib)
+        self.metrics.pool(self.sched.registry.counts(), self.sched.book.queued())
 
-    def _note_residency(self) -> None:
-        for gpu in range(self.ledger.num_gpus):
-            residents = self._residents_on(gpu)
-            self.events.emit("pool.residency", gpu=gpu, residents=len(residents),
-                             used_mib=self.ledger.used(residents, gpu),
-                             limit_mib=self.ledger.limit_mib, slots=self.ledger.slots_per_gpu)
-        self._gauges()
-
-    def _gauges(self) -> None:
-        for gpu in range(self.ledger.num_gpus):
-            residents = self._residents_on(gpu)
-            self.metrics.gpu(gpu, len(residents), self.ledger.used(residents, gpu),
-                             self.ledger.budget_mib, self.ledger.limit_mib)
-        self.metrics.pool(self.registry.counts(), self._queued())
-
-    async def _gauge_loop(self) -> None:
+    async def gauge_loop(self) -> None:
         """Refresh the gauges while the pool is idle too: Prometheus scrapes on its own clock."""
         while True:
             await asyncio.sleep(GAUGE_INTERVAL_S)
-            self._gauges()
+            self.gauges()
 
     async def status(self) -> dict[str, Any]:
-        hosts = [{"host": s.host_id, "gpu": s.gpu, "agent": s.agent, "busy": s.busy,
-                  "lost": s.lost, "dead": s.dead, "kv_tokens": s.kv_tokens if s.agent else 0,
-                  "kv_mib": self.ledger.footprint(s.kv_tokens) if s.agent else 0}
-                 for s in self.slots]
-        return {
-            "agents": len(self.registry), "by_state": self.registry.counts(),
-            "hosts": hosts, "queued": self._queued(), "waiting_agents": self.registry.waiting(),
-            "ledger": [{"gpu": g, "used_mib": self.ledger.used(self._residents_on(g), g),
-                        "extra_mib": self.ledger.extra(g), "base_mib": self.ledger.base_mib,
-                        "limit_mib": self.ledger.limit_mib, "budget_mib": self.ledger.budget_mib,
-                        "free_mib": self.ledger.limit_mib - self.ledger.used(self._residents_on(g), g),
-                        "slots": self.ledger.slots_per_gpu,
-                        "kv_bytes_per_token": self.ledger.kv_bytes_per_token,
-                        "paused": self.paused.get(g)}
-                       for g in range(self.ledger.num_gpus)],
-        }
+        s, ledger = self.sched, self.sched.ledger
+        hosts = [{"host": h.host_id, "gpu": h.gpu, "agent": h.agent, "busy": h.busy,
+                  "lost": h.lost, "dead": h.dead, "kv_tokens": h.kv_tokens if h.agent else 0,
+                  "kv_mib": ledger.footprint(h.kv_tokens) if h.agent else 0}
+                 for h in s.hosts]
+
+        def gpu_line(g: int) -> dict[str, Any]:
+            used = ledger.used(s.residents_on(g), g)
+            return {"gpu": g, "used_mib": used, "extra_mib": ledger.extra(g),
+                    "base_mib": ledger.base_mib, "limit_mib": ledger.limit_mib,
+                    "budget_mib": ledger.budget_mib, "free_mib": ledger.limit_mib - used,
+                    "slots": ledger.slots_per_gpu, "kv_bytes_per_token": ledger.kv_bytes_per_token,
+                    "paused": s.paused.get(g)}
+
+        return {"agents": len(s.registry), "by_state": s.registry.counts(), "hosts": hosts,
+                "queued": s.book.queued(), "waiting_agents": s.registry.waiting(),
+                "ledger": [gpu_line(g) for g in range(ledger.num_gpus)]}
 
     async def failed(self) -> dict[str, Any]:
         """FAILED agents with their reasons, and the dead-lettered tasks (`selfheal failed`)."""
         got = await self.monitor.failed.remote()
         agents = [{"agent_id": a, "reason": got["agents"].get(a, "")}
-                  for a in self.registry.ids(AgentState.FAILED)]
+                  for a in self.sched.registry.ids(AgentState.FAILED)]
         return {"agents": agents, "dead_letters": got["dead_letters"]}
 
     async def inspect(self, agent_id: str) -> dict[str, Any] | None:
         """One agent: registry entry, checkpoint versions, monitor reports, recent events."""
-        if agent_id not in self.registry:
+        registry = self.sched.registry
+        if agent_id not in registry:
             return None
-        e = self.registry.get(agent_id)
+        e = registry.get(agent_id)
         versions = await asyncio.to_thread(self.store.versions, agent_id)
         return {"agent_id": agent_id, "state": e.state.value, "priority": e.priority,
                 "epoch": e.epoch, "host": e.host, "hot": e.hot is not None,
-                "queued": len(self.queues.get(agent_id, ())),
-                "host_deaths": self.crashes.get(agent_id, 0),
+                "queued": len(e.queue), "host_deaths": e.crashes,
                 "versions": [{"version": v.version, "epoch": v.epoch, "size": v.size,
                               "sha256": v.sha256} for v in versions],
                 **await self.monitor.inspect.remote(agent_id),
@@ -115,5 +101,4 @@ class Queries:
             tracemalloc.stop()
         with open("/proc/self/statm") as fh:
             rss = int(fh.read().split()[1]) * resource.getpagesize()
-        return {"rss_bytes": rss, "traced_bytes": traced, "agents": len(self.registry)}
-
+        return {"rss_bytes": rss, "traced_bytes": traced, "agents": len(self.sched.registry)}

@@ -13,7 +13,7 @@ second counter that can drift. Agents with queued work wait in per-priority FIFO
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -49,7 +49,10 @@ class Unreachable(ValueError):
 
 
 class Entry:
-    __slots__ = ("priority", "state", "epoch", "hot", "last_used", "host", "profile")
+    """Every fact the pool keeps of one agent in use (the scheduler's one record per agent)."""
+
+    __slots__ = ("priority", "state", "epoch", "hot", "last_used", "host", "profile", "queue",
+                 "avoid", "crashes", "move", "dispatch", "held")
 
     def __init__(self, priority: int, state: AgentState = AgentState.DORMANT, epoch: int = 0,
                  profile: int = 0):
@@ -60,6 +63,12 @@ class Entry:
         self.last_used = 0.0
         self.host: str | None = None  # Host id while resident
         self.profile = profile  # index into the registry's distinct profiles
+        self.queue: deque[Any] = deque()  # its tasks waiting to run, oldest first
+        self.avoid: str | None = None  # a Host it must not return to (it failed it there)
+        self.crashes = 0  # Hosts lost under it outside a batch, in a row
+        self.move: Any = None  # a `Move` while it migrates, until bound on its new Host
+        self.dispatch = 0  # the batch in flight on its Host (0: none)
+        self.held: tuple[Any, ...] = ()  # a stalled batch, requeued once its fence is written
 
 
 class Registry:

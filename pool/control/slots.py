@@ -1,9 +1,10 @@
-"""The pool's warm Hosts: one `Slot` per Host actor, created per GPU of every GPU node. A slot
-calls its Host only through its `pool.control.hosts.HostClient`.
+"""The pool's warm Hosts: created per GPU of every GPU node, each wrapped in a
+`pool.control.hosts.HostClient` and seen by the scheduler as a `pool.control.facts.HostSlot`.
 
 Host names are `host-<node>-<gpu>-<k>` (readable in the Ray dashboard); the pool's GPU index of
 a slot runs over all nodes (by node id, then Ray's GPU id), and a Host is pinned to its node
-(hard node affinity), so a Host whose node is gone can never restart and is retired (`dead`).
+(hard node affinity), so a Host whose node is gone can never restart and is retired
+(`node_alive` says so; the scheduler marks it dead).
 """
 
 from __future__ import annotations
@@ -21,31 +22,9 @@ from agents.config import DAY_S, EngineKind, Settings
 from agents.engines.memory import MemoryPlan, plan_memory, read_shape
 from agents.errors import UsageError
 from pool.control.budget import VramLedger
+from pool.control.facts import HostSlot
 from pool.control.hosts import Done, HostClient
 from pool.runtime.actors import HostActor
-
-
-class Slot:
-    """A warm Host (its client) and what it holds."""
-
-    __slots__ = ("host", "gpu", "agent", "busy", "lost", "dead", "kv_tokens")
-
-    def __init__(self, host: HostClient, gpu: int) -> None:
-        self.host = host
-        self.gpu = gpu
-        self.agent: str | None = None
-        self.busy = False  # a call (run, park, bind) is in flight
-        self.lost = 0  # times this Host died under an agent
-        self.dead = False  # its node is gone: the Host can never restart there
-        self.kv_tokens = 0  # KV the engine holds for its agent, as the Host last reported
-
-    @property
-    def host_id(self) -> str:
-        return self.host.host_id
-
-    @property
-    def node(self) -> str:
-        return self.host_id.split("-")[1]
 
 
 def memory_plan(settings: Settings) -> MemoryPlan | None:
@@ -69,7 +48,7 @@ def empty_ledger(settings: Settings, gpus: int) -> VramLedger:
                   agent_mib=math.ceil(mem.slot_mib), kv_bytes_per_token=mem.kv_bytes_per_token)
 
 
-def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], VramLedger]:
+def create_hosts(settings: Settings, store_root: str) -> tuple[list[HostClient], VramLedger]:
     """As many Hosts on every GPU of every live GPU node as the ledger lets reside there
     (`slots_per_gpu`, or fewer when llama.cpp's KV slots do not fit), and that ledger."""
     cfg = settings.pool
@@ -78,7 +57,7 @@ def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], VramL
     if not nodes:
         raise UsageError("the Ray cluster has no GPU resources; start Ray with num_gpus >= 1")
     ledger = empty_ledger(settings, sum(int(n["Resources"]["GPU"]) for n in nodes))
-    slots: list[Slot] = []
+    clients: list[HostClient] = []
     k = ledger.slots_per_gpu
     for node in nodes:
         node_id, gpus = node["NodeID"], int(node["Resources"]["GPU"])
@@ -90,39 +69,29 @@ def create_hosts(settings: Settings, store_root: str) -> tuple[list[Slot], VramL
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 )
                 handle = _spawn(options, host_id, settings, store_root, i, k)
-                slots.append(Slot(HostClient(handle, host_id, cfg.watchdog_s), len(slots) // k))
-    return slots, ledger
+                clients.append(HostClient(handle, host_id, cfg.watchdog_s))
+    return clients, ledger
 
 
-async def locate(slots: list[Slot]) -> list[dict[str, Any]]:
-    """Every Host's `info()` (its node and GPU), waited for as long as the Hosts take to start."""
-    replies = await asyncio.gather(*(s.host.info(timeout_s=DAY_S) for s in slots))
-    for slot, reply in zip(slots, replies, strict=True):
+async def locate(clients: list[HostClient]) -> list[HostSlot]:
+    """Every Host as the scheduler sees it, once it answers `info()` (as long as Hosts take to
+    start), indexed by the GPU Ray actually gave it, in node order: Ray packs fractional GPUs
+    as it likes, and Hosts that share a device (and its engine) must share a ledger line."""
+    replies = await asyncio.gather(*(c.info(timeout_s=DAY_S) for c in clients))
+    infos = []
+    for client, reply in zip(clients, replies, strict=True):
         if not isinstance(reply, Done):
-            raise UsageError(f"Host {slot.host_id} did not start: {reply}")
-    return [r.value for r in replies if isinstance(r, Done)]
-
-
-def place_on_gpus(slots: list[Slot], infos: list[dict[str, Any]]) -> None:
-    """Index each slot by the GPU Ray actually gave its Host (`info()`: node and GPU id), in
-    node order: Ray packs fractional GPUs as it likes, and Hosts that share a device (and its
-    engine) must share a ledger line."""
+            raise UsageError(f"Host {client.host_id} did not start: {reply}")
+        infos.append(reply.value)
     devices = sorted({(i["node"], i["gpu"]) for i in infos}, key=lambda d: (d[0], int(d[1])))
     index = {d: n for n, d in enumerate(devices)}
-    for slot, info in zip(slots, infos, strict=True):
-        slot.gpu = index[(info["node"], info["gpu"])]
+    return [HostSlot(c.host_id, index[(i["node"], i["gpu"])], c.host_id.split("-")[1])
+            for c, i in zip(clients, infos, strict=True)]
 
 
-def retire_node(slots: list[Slot], slot: Slot) -> list[Slot]:
-    """A Host whose node died can never restart there: when `slot`'s node is no longer alive,
-    mark every Host of that node dead and return them (none if it is alive or retired already)."""
-    alive = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
-    if slot.dead or slot.node in alive:
-        return []
-    gone = [s for s in slots if s.node == slot.node]
-    for s in gone:
-        s.dead = True
-    return gone
+def node_alive(node: str) -> bool:
+    """Is the node (the 8-character prefix in Host names) alive in the cluster?"""
+    return any(n["NodeID"][:8] == node for n in ray.nodes() if n["Alive"])  # type: ignore[no-untyped-call]
 
 
 def _spawn(options: Any, host_id: str, *args: Any) -> Any:

@@ -1,7 +1,9 @@
 """The PoolManager's side of the GPU: the engine base in the ledger, reconciliation of the ledger with
 pynvml, and pausing (engine sleep, else parking every resident).
 
-A mixin of `pool.control.manager.PoolManager` (its state is the manager's): the ledger starts from the
+`GpuControl`, a collaborator of `pool.control.manager.PoolManager`: it asks the Hosts (through
+their `HostClient`s) and hands what it learns to the scheduler, which owns the ledger
+(`EngineBase`, `Reading`) and the paused GPUs. The ledger starts from the
 configured (or, for llama.cpp, planned from the model's metadata) engine base and takes the
 engine's own figure (`base_mib` of its `info()`: the vLLM weights, llama.cpp's model and compute
 buffers as it logs them) once the engine reports it. Every `reconcile_s` seconds each GPU's Hosts
@@ -20,64 +22,47 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from agents.config import PoolConfig
 from agents.engines.gpumem import total_used
 from agents.errors import UsageError
-from agents.events import EventSink
-from pool.control.budget import Resident, VramLedger
+from pool.control.actions import EngineBase, Reading, Update
 from pool.control.hosts import Done, HostClient, Reply
-from pool.control.slots import Slot
+from pool.control.scheduler import Scheduler
 from pool.store.checkpoint import CheckpointStore
 
 MEASURE_TIMEOUT_S = 10.0
 PAUSE_FILE = "paused.json"  # in the checkpoint store: a pause outlives a manager restart
 
 
-class VramControl:
-    cfg: PoolConfig
-    store: CheckpointStore
-    slots: list[Slot]
-    ledger: VramLedger
-    events: EventSink
-    reviving: set[str]
-    paused: dict[int, str]  # gpu -> "slept" | "parked" while the pool has given the GPU back
-    _wake: asyncio.Event
+class GpuControl:
+    def __init__(self, sched: Scheduler, clients: dict[str, HostClient], store: CheckpointStore,
+                 cfg: PoolConfig, wake: Callable[[], None]) -> None:
+        self.sched, self.clients, self.store, self.cfg, self.wake = sched, clients, store, cfg, wake
 
-    def _residents_on(self, gpu: int) -> list[Resident]:
-        raise NotImplementedError
+    def _live(self, gpu: int) -> list[HostClient]:
+        return [self.clients[h.host_id] for h in self.sched.live(gpu)]
 
-    async def _park(self, slot: Slot, why: str = "") -> None:
-        raise NotImplementedError
-
-    def _live(self, gpu: int) -> list[Slot]:
-        return [s for s in self.slots if s.gpu == gpu and not s.dead and s.host_id not in self.reviving]
+    def _tell(self, event: Update) -> None:
+        self.sched.update(event, time.monotonic())
+        self.wake()
 
     # -- the engine base -----------------------------------------------------------------
-    async def _learn_base(self) -> None:
+    async def learn_base(self) -> None:
         """Enter the engine's own base footprint (when it reports one) into the ledger."""
-        firsts = [live[0] for g in range(self.ledger.num_gpus) if (live := self._live(g))]
+        firsts = [live[0] for g in range(self.sched.ledger.num_gpus) if (live := self._live(g))]
         infos = await _ask_all(firsts, HostClient.engine_info)  # a vLLM engine may load for minutes
         said = [i for i in infos if isinstance(i, dict) and "base_mib" in i]
         if not said:
             return  # the engine says nothing: the configured base stands
         base = max(int(i["base_mib"]) for i in said)
-        configured = self.ledger.base_mib
-        if base + self.ledger.agent_mib > self.ledger.limit_mib:
-            self.events.emit("pool.engine_base_too_large", reported_mib=base,
-                             limit_mib=self.ledger.limit_mib, kept_mib=configured)
-            return
-        self.ledger = replace(self.ledger, base_mib=base)
         # the check against a reading: the engine process's RSS (CPU) holds at least its base
         rss = max((float(i["rss_mib"]) for i in said if i.get("rss_mib")), default=None)
-        self.events.emit("pool.engine_base", configured_mib=configured, reported_mib=base,
-                         engine_rss_mib=rss, kv_bytes_per_token=self.ledger.kv_bytes_per_token)
-        self._wake.set()
+        self._tell(EngineBase(base, rss))
 
     # -- reconciliation with the device -----------------------------------------------
-    async def _reconcile_loop(self) -> None:
+    async def reconcile_loop(self) -> None:
         if self.cfg.reconcile_s <= 0:
             return
         while True:
@@ -85,21 +70,21 @@ class VramControl:
                 if not await self.reconcile():
                     return
             except Exception as exc:  # keep reconciling; the event says what broke
-                self.events.emit("pool.reconcile_error", error=repr(exc)[:300])
+                self.sched.events.emit("pool.reconcile_error", error=repr(exc)[:300])
             await asyncio.sleep(self.cfg.reconcile_s)
 
     async def reconcile(self) -> bool:
         """One round over the GPUs; False when there is nothing to measure (no GPU)."""
         unmeasured: list[str] = []
-        for gpu in range(self.ledger.num_gpus):
-            if gpu in self.paused:
+        for gpu in range(self.sched.ledger.num_gpus):
+            if gpu in self.sched.paused:
                 continue
             reason = await self._reconcile_gpu(gpu)
             if reason:
                 unmeasured.append(reason)
-        if unmeasured and len(unmeasured) == self.ledger.num_gpus:
-            self.events.emit("pool.vram_unmeasured", reason=unmeasured[0],
-                             note="the ledger is not reconciled with a device reading")
+        if unmeasured and len(unmeasured) == self.sched.ledger.num_gpus:
+            self.sched.events.emit("pool.vram_unmeasured", reason=unmeasured[0],
+                                   note="the ledger is not reconciled with a device reading")
             return False
         return True
 
@@ -119,20 +104,14 @@ class VramControl:
         used = total_used(whole or readings)  # per-process readings: every Host must answer
         if used is None:
             return ""
-        residents = self._residents_on(gpu)
-        accounted = self.ledger.accounted(residents, gpu)
-        was_over = self.ledger.over_limit(residents, gpu)
         # An engine that reserves its memory up front (vLLM) is measured against its
         # reservation, which the ledger divides among the residents; others against the ledger.
         reserved = next((float(r["reserved_mib"]) for r in whole if r.get("reserved_mib")), None)
-        expected = reserved or float(accounted)
-        self.ledger = self.ledger.with_extra(gpu, round(used - expected))
-        self.events.emit("pool.vram_reconciled", gpu=gpu, ledger_mib=accounted,
-                         expected_mib=round(expected), measured_mib=round(used),
-                         diff_mib=round(used - expected), extra_mib=self.ledger.extra(gpu),
-                         reading=readings[0].get("source"))
-        if was_over or self.ledger.over_limit(residents, gpu):
-            self._wake.set()  # the next pass sheds residents of this GPU, or places work there
+        was_over = gpu in self.sched.over_limit()
+        self.sched.update(Reading(gpu, used, reserved, str(readings[0].get("source", ""))),
+                          time.monotonic())
+        if was_over or gpu in self.sched.over_limit():
+            self.wake()  # the next pass sheds residents of this GPU, or places work there
         return ""
 
     # -- giving the GPU back -------------------------------------------------------------
@@ -141,24 +120,26 @@ class VramControl:
         resident is parked (checkpoint committed, bytes in the hot tier). Queued and new tasks
         wait until `resume()`. Waits for in-flight calls to end first."""
         started = time.perf_counter()
-        for gpu in range(self.ledger.num_gpus):
-            self.paused.setdefault(gpu, "pausing")
+        sched = self.sched
+        for gpu in range(sched.ledger.num_gpus):
+            sched.paused.setdefault(gpu, "pausing")
         self._keep_pause(True)
         deadline = time.monotonic() + timeout_s
-        while any(s.busy and s.host_id not in self.reviving for s in self.slots):  # not zombies
+        while any(h.busy and not h.reviving for h in sched.hosts):  # not the zombies
             if time.monotonic() > deadline:
-                busy = sum(s.busy for s in self.slots)
-                self.paused.clear()
+                busy = sum(h.busy for h in sched.hosts)
+                sched.paused.clear()
                 self._keep_pause(False)
-                self._wake.set()
+                self.wake()
                 raise UsageError(f"pause: {busy} Hosts still busy after {timeout_s:.0f} s; try again")
             await asyncio.sleep(0.05)
-        out = await asyncio.gather(*(self._pause_gpu(g) for g in range(self.ledger.num_gpus)))
+        out = await asyncio.gather(*(self._pause_gpu(g) for g in range(sched.ledger.num_gpus)))
         return {"gpus": list(out), "elapsed_s": round(time.perf_counter() - started, 3)}
 
     async def _pause_gpu(self, gpu: int) -> dict[str, Any]:
-        if self.paused.get(gpu) in ("slept", "parked"):
-            return {"gpu": gpu, "mode": self.paused[gpu], "parked": 0}
+        sched = self.sched
+        if sched.paused.get(gpu) in ("slept", "parked"):
+            return {"gpu": gpu, "mode": sched.paused[gpu], "parked": 0}
         hosts = self._live(gpu)
         slept = await _ask_all(hosts, HostClient.pause_engine)
         parked = 0
@@ -166,13 +147,14 @@ class VramControl:
             mode = "slept"
         else:  # the engine cannot sleep (or a Host did not answer): park the GPU's residents
             mode = "parked"
-            await _ask_all([s for s, x in zip(hosts, slept, strict=True) if x is True],
+            await _ask_all([c for c, x in zip(hosts, slept, strict=True) if x is True],
                            HostClient.wake_engine)
-            residents = [s for s in hosts if s.agent]
-            await asyncio.gather(*(self._park(s, why="pause: the engine cannot sleep") for s in residents))
-            parked = len(residents)
-        self.paused[gpu] = mode
-        self.events.emit("pool.paused", gpu=gpu, mode=mode, parked=parked)
+            parked = sched.evict(gpu, "pause: the engine cannot sleep")
+            self.wake()
+            while any(h.call == "park" for h in sched.hosts if h.gpu == gpu):
+                await asyncio.sleep(0.05)
+        sched.paused[gpu] = mode
+        sched.events.emit("pool.paused", gpu=gpu, mode=mode, parked=parked)
         return {"gpu": gpu, "mode": mode, "parked": parked}
 
     async def resume(self) -> dict[str, Any]:
@@ -180,13 +162,13 @@ class VramControl:
         Every engine of a paused GPU is asked (waking is idempotent): after a manager restart,
         a shared engine may still sleep under a pause the new Hosts never saw."""
         woken = []
-        for gpu in sorted(self.paused):
+        for gpu in sorted(self.sched.paused):
             if any(x is True for x in await _ask_all(self._live(gpu), HostClient.wake_engine)):
                 woken.append(gpu)
-        self.paused.clear()
+        self.sched.paused.clear()
         self._keep_pause(False)
-        self.events.emit("pool.resumed", woken=woken)
-        self._wake.set()
+        self.sched.events.emit("pool.resumed", woken=woken)
+        self.wake()
         return {"woken": woken}
 
     def _keep_pause(self, on: bool) -> None:
@@ -197,20 +179,19 @@ class VramControl:
         else:
             (self.store.root / PAUSE_FILE).unlink(missing_ok=True)
 
-    def _restore_pause(self) -> None:
+    def restore_pause(self) -> None:
         """At start: a pause recorded by an earlier manager stands. The new Hosts hold no agent,
         so every GPU counts as parked until `resume`."""
         if (self.store.root / PAUSE_FILE).exists():
-            self.paused = dict.fromkeys(range(self.ledger.num_gpus), "parked")
-            self.events.emit("pool.pause_restored", gpus=sorted(self.paused))
-
+            self.sched.paused = dict.fromkeys(range(self.sched.ledger.num_gpus), "parked")
+            self.sched.events.emit("pool.pause_restored", gpus=sorted(self.sched.paused))
 
 
 async def _ask_all(
-    hosts: list[Slot], probe: Callable[[HostClient, float | None], Awaitable[Reply[Any]]],
+    hosts: list[HostClient], probe: Callable[[HostClient, float | None], Awaitable[Reply[Any]]],
     timeout_s: float | None = None,
 ) -> list[Any]:
     """`probe` on every Host at once: each Host's answer, or None where it failed or was silent
     past `timeout_s` (default the watchdog): a frozen Host must not hold up a pause or a reading."""
-    replies = await asyncio.gather(*(probe(s.host, timeout_s) for s in hosts))
+    replies = await asyncio.gather(*(probe(c, timeout_s) for c in hosts))
     return [r.value if isinstance(r, Done) else None for r in replies]

@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 PURE = ["agents.state", "agents.models", "agents.config", "agents.codec", "recovery.health",
-        "recovery.policy", "recovery.monitor", "pool.control.budget", "pool.control.registry", "pool.runtime.host",
+        "recovery.policy", "recovery.monitor", "pool.control.budget", "pool.control.registry",
+        "pool.control.scheduler", "pool.control.book", "pool.control.actions", "pool.runtime.host",
         "pool.store.checkpoint", "pool.driver.summary", "agents.engines.scripted"]
 
 

@@ -1,4 +1,4 @@
-"""The PoolManager's GPU side (`pool.control.vram.VramControl`) without Ray: fake Host handles whose
+"""The PoolManager's GPU side (`pool.control.vram.GpuControl`) without Ray: fake Host handles whose
 calls answer, fail or never answer."""
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import pytest
 
 import pool.control.vram
 from agents.config import PoolConfig
-from agents.events import EventSink
-from pool.control.budget import Resident, VramLedger
+from agents.models import Task
+from agents.state import Event
+from pool.control.actions import Park, Parked
+from pool.control.budget import VramLedger
+from pool.control.facts import HostSlot
 from pool.control.hosts import HostClient
-from pool.control.slots import Slot
-from pool.control.vram import VramControl
+from pool.control.scheduler import Scheduler
+from pool.control.vram import GpuControl
 from pool.store.checkpoint import CheckpointStore
 
 
@@ -43,27 +46,38 @@ class _Host:
             setattr(self, method, _Call(answer))
 
 
-class _Pool(VramControl):
+class _Pool(GpuControl):
+    """GPU control over a real scheduler whose loop is played by `wake`: parks are answered
+    at once (their agents recorded in `parked`)."""
+
     def __init__(self, hosts: list[_Host], agents: list[str | None]) -> None:
-        self.cfg = PoolConfig(reconcile_s=0.01, watchdog_s=0.2)
-        self.store = CheckpointStore(Path(tempfile.mkdtemp(prefix="vram-control-")))
-        self.slots = [Slot(HostClient(h, f"h{i}", self.cfg.watchdog_s), 0) for i, h in enumerate(hosts)]
-        for slot, agent in zip(self.slots, agents, strict=True):
-            slot.agent = agent
-        self.ledger = VramLedger(8192, 0.85, 600, 1, len(hosts), agent_mib=320)
-        self.events = EventSink("test")
-        self.reviving: set[str] = set()
-        self.paused: dict[int, str] = {}
-        self._wake = asyncio.Event()
-        self.parked: list[str] = []
+        cfg = PoolConfig(reconcile_s=0.01, watchdog_s=0.2)
+        sched = Scheduler(cfg, 3, VramLedger(8192, 0.85, 600, 1, len(hosts), agent_mib=320))
+        sched.add_hosts(HostSlot(f"h{i}", 0) for i in range(len(hosts)))
+        for h, agent in zip(sched.hosts, agents, strict=True):
+            if agent is not None:
+                sched.registry.add(agent, 5)
+                sched.registry.move(agent, Event.ACTIVATE)
+                h.agent = sched.registry.get(agent).host = agent
+        clients = {f"h{i}": HostClient(h, f"h{i}", cfg.watchdog_s) for i, h in enumerate(hosts)}
+        store = CheckpointStore(Path(tempfile.mkdtemp(prefix="vram-control-")))
+        super().__init__(sched, clients, store, cfg, self._loop)
+        self.woken, self.parked, self.events = 0, [], sched.events
 
-    def _residents_on(self, gpu: int) -> list[Resident]:
-        return [Resident(s.agent, 0, 5, 0.0, 320, False, False) for s in self.slots if s.agent]
+    @property
+    def paused(self) -> dict[int, str]:
+        return self.sched.paused
 
-    async def _park(self, slot: Slot, why: str = "") -> None:
-        assert slot.agent is not None
-        self.parked.append(slot.agent)
-        slot.agent = None
+    @property
+    def ledger(self) -> VramLedger:
+        return self.sched.ledger
+
+    def _loop(self) -> None:
+        self.woken += 1
+        for action in self.sched.schedule(0.0):
+            assert isinstance(action, Park)
+            self.parked.append(action.agent)
+            self.sched.update(Parked(action.host, action.agent, b"", action.why), 0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -89,17 +103,14 @@ def test_a_reading_that_frees_a_pressed_gpu_wakes_the_scheduler() -> None:
     host = _Host(measure={"available": True, "id": "g", "scope": "gpu", "used_mib": 7200.0})
     p = _Pool([host], [None])
     asyncio.run(p.reconcile())
-    assert p._wake.is_set()  # over the limit: the next pass sheds
-    p._wake.clear()
+    assert p.woken == 1  # over the limit: the next pass sheds
     asyncio.run(p.reconcile())
-    assert p._wake.is_set()  # still over the limit
-    p._wake.clear()
+    assert p.woken == 2  # still over the limit
     host.measure = _Call({"available": True, "id": "g", "scope": "gpu", "used_mib": 0.0})
     asyncio.run(p.reconcile())
-    assert p.ledger.extra(0) == 0 and p._wake.is_set()  # freed: the next pass places work
-    p._wake.clear()
+    assert p.ledger.extra(0) == 0 and p.woken == 3  # freed: the next pass places work
     asyncio.run(p.reconcile())
-    assert not p._wake.is_set()  # nothing changed within the limit: no pass for nothing
+    assert p.woken == 3  # nothing changed within the limit: no pass for nothing
 
 
 def test_a_reserving_engine_is_measured_against_its_reservation() -> None:
@@ -147,23 +158,30 @@ def test_a_pause_outlives_a_manager_restart_until_resume() -> None:
     # may still sleep, so resume asks every engine of a paused GPU.
     again = _Pool([_Host(wake_engine=True)], [None])
     again.store = first.store
-    again._restore_pause()
+    again.restore_pause()
     assert again.paused == {0: "parked"} and _events(again, "pool.pause_restored")
     assert asyncio.run(again.resume()) == {"woken": [0]}
     fresh = _Pool([_Host(wake_engine=False)], [None])
     fresh.store = first.store
-    fresh._restore_pause()
+    fresh.restore_pause()
     assert fresh.paused == {}  # resumed: nothing left on disk
 
 
 def test_the_engine_base_enters_the_ledger_unless_no_agent_would_fit() -> None:
     p = _Pool([_Host(engine_info={"base_mib": 257}), _Host(engine_info={"base_mib": 257})], [None, None])
-    asyncio.run(p._learn_base())
+    asyncio.run(p.learn_base())
     assert p.ledger.base_mib == 257
     assert [(e["configured_mib"], e["reported_mib"]) for e in _events(p, "pool.engine_base")] == [(600, 257)]
     huge = _Pool([_Host(engine_info={"base_mib": 6900})], [None])
-    asyncio.run(huge._learn_base())
+    asyncio.run(huge.learn_base())
     assert huge.ledger.base_mib == 600 and _events(huge, "pool.engine_base_too_large")
     silent = _Pool([_Host(engine_info={})], [None])  # llama.cpp, scripted: the configured base
-    asyncio.run(silent._learn_base())
+    asyncio.run(silent.learn_base())
     assert silent.ledger.base_mib == 600 and not silent.events.drain()
+
+
+def test_a_paused_pool_hands_out_the_pauses_parks_and_nothing_else() -> None:
+    p = _Pool([_Host(pause_engine=False, wake_engine=True)], ["a"])
+    p.sched.book.submit([(Task(task_id="t", agent_id="a", prompt="p"), None)])
+    asyncio.run(p.pause())
+    assert p.parked == ["a"] and p.sched.schedule(0.0) == [], "no batch while paused"
