@@ -58,7 +58,8 @@ class PoolManager:
         registry.add_rows(self.table.load())
         self.metrics = PoolMetrics(self.cfg.namespace)
         self.sched = Scheduler(self.cfg, settings.recovery.intensity,
-                               VramLedger.from_config(self.cfg), registry, self.metrics.count)
+                               VramLedger.from_config(self.cfg), registry, self.metrics.count,
+                               first_dispatch=time.time_ns() // 1000)  # a late report never matches
         self.events = self.sched.events
         self.clients: dict[str, HostClient] = {}
         self.monitor = MonitorActor.options(  # type: ignore[attr-defined]

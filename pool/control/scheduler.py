@@ -45,7 +45,7 @@ SHED_RETRY_S = 0.05  # a resident waits to be shed before its GPU takes another 
 class Scheduler:
     def __init__(self, cfg: PoolConfig, intensity: int, ledger: VramLedger,
                  registry: Registry | None = None,
-                 count: Callable[[str], None] = lambda _name: None) -> None:
+                 count: Callable[[str], None] = lambda _name: None, first_dispatch: int = 0) -> None:
         self.cfg, self.intensity, self.ledger = cfg, intensity, ledger
         self.registry = registry or Registry()
         self.events = EventSink("pool-manager")
@@ -55,7 +55,7 @@ class Scheduler:
         self.count = count  # a metric counter (parks, activations, migrations, hosts_lost)
         self.retry_at: float | None = None  # schedule again at this time even if nothing happens
         self._out: list[Action] = []  # follow-ups asked for by outcomes, handed out by schedule()
-        self._dispatches = 0
+        self._dispatches = first_dispatch  # a restarted manager numbers above the old one's
         self._by_id: dict[str, HostSlot] = {}
 
     def add_hosts(self, hosts: Iterable[HostSlot]) -> None:
