@@ -176,6 +176,9 @@ class PoolManager:
                     await self._record_failed(a)
         except Exception as exc:  # an action that broke is said; the pool goes on
             self.events.emit("pool.action_error", action=type(a).__name__, error=repr(exc)[:300])
+            if isinstance(a, act.Bind | act.Park | act.Run):  # its Host must not stay busy
+                batch = a.batch if isinstance(a, act.Run) else ()
+                self._feed(act.CallFailed(a.host, a.agent, type(a).__name__.lower(), repr(exc)[:300], batch))
             self._wake.set()
 
     async def _bind(self, a: act.Bind) -> None:

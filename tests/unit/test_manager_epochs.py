@@ -116,3 +116,21 @@ def test_release_writes_above_the_fence_of_a_quarantined_version(tmp_path: Path)
     record, entry = store.read(AID)
     assert record.state is AgentState.DORMANT and entry.epoch > 4
     assert m.sched.registry.get(AID).state is AgentState.DORMANT
+
+
+def test_an_action_that_breaks_never_leaves_its_host_busy(tmp_path: Path) -> None:
+    m = _manager(tmp_path, bind=BOUND)
+    m.sched.book.submit([(Task(task_id="t", agent_id=AID, prompt="p"), None)])
+    [bind] = m.sched.schedule(0.0)
+    asyncio.run(m._bind(bind))
+    [run] = m.sched.schedule(0.0)
+
+    class Broken(HostClient):
+        async def run(self, *_: Any) -> Any:
+            raise RuntimeError("a bug on the manager's side")
+
+    m.clients["h0"] = Broken(None, "h0", 5)
+    asyncio.run(m._apply(run))
+    assert not m.sched.host("h0").busy, "the scheduler would wait for it forever"
+    [result] = m.sched.book.results
+    assert result.error.startswith("agent failed: host error: RuntimeError") and "a bug" in result.error
