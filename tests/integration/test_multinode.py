@@ -1,10 +1,14 @@
 """More than one machine: a three-node Ray (a CPU head and two nodes with a logical GPU each).
 
-The Hosts spread over both GPU nodes; one GPU node is removed mid-run; its resident agents come
-back from their checkpoints on the other node's Hosts, and every task ends exactly once.
+Each node has a local root of its own (its `TMPDIR`: a Host's temp and slot files) and every
+worker notes the files it opens (`node_audit`); the checkpoints live in one shared store. A run
+moves agents between the nodes through that store, and no process opens another node's root.
+Then one GPU node is removed mid-run; its resident agents come back from their checkpoints on the
+other node's Hosts, and every task ends exactly once (that test runs last: it takes a node away).
 """
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -24,20 +28,31 @@ pytestmark = pytest.mark.integration
 SLOTS = 2
 TASKS = 160
 NS = "selfheal-multi"  # run id "multi": the run's pool lives in <pool.namespace>-<run id>
+HERE = Path(__file__).resolve().parent
 NO_FAULTS = {k: 0.0 for k in ("garbage", "truncation", "timeout", "oom", "crash", "permanent")}
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    c.gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]  # type: ignore[attr-defined]
+    base = tmp_path_factory.mktemp("nodes")
+    roots = {name: base / name for name in ("head", "node-0", "node-1")}
+    for root in roots.values():
+        root.mkdir()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0, "env_vars": {"TMPDIR": str(roots["head"])}})
+    c.gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1, env_vars={"TMPDIR": str(roots[f"node-{i}"])})  # type: ignore[attr-defined]
+                   for i in range(2)]
     c.wait_for_nodes()
-    ray.init(address=c.address, namespace="selfheal", log_to_driver=False)
+    c.audit_base, c.roots = base, roots  # type: ignore[attr-defined]
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(address=c.address, namespace="selfheal", log_to_driver=False, runtime_env={
+        "worker_process_setup_hook": "node_audit.install",
+        "env_vars": {"PYTHONPATH": path, "NODE_AUDIT_BASE": str(base)}})
     yield c
     ray.shutdown()
     c.shutdown()
@@ -45,6 +60,53 @@ def cluster() -> Iterator[object]:
 
 def _lines(path: Path) -> int:
     return sum(1 for _ in open(path)) if path.exists() else 0
+
+
+def _opened(base: Path) -> dict[str, set[str]]:
+    """The paths each worker opened, by the worker's own root (`node_audit`'s logs)."""
+    out: dict[str, set[str]] = {}
+    for log in (base / "audit").glob("*.log"):
+        for line in log.read_text().splitlines():
+            own, path = line.split("\t", 1)
+            out.setdefault(own, set()).add(path)
+    return out
+
+
+def test_each_node_keeps_to_its_own_root_and_agents_move_through_the_shared_store(
+    cluster: object, tmp_path: Path
+) -> None:
+    base: Path = cluster.audit_base  # type: ignore[attr-defined]
+    roots: dict[str, Path] = cluster.roots  # type: ignore[attr-defined]
+    store = base / "shared" / "store"  # one folder every node sees: the cluster's EFS mount
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(96, agents=12, seed=5))
+    settings = load_settings(overrides={
+        "engine": {"kind": "scripted", "faults": NO_FAULTS, "step_cost_s": 0.01},
+        "pool": {"slots_per_gpu": SLOTS, "batch_per_agent": 1, "checkpoint_dir": str(store)},
+    })
+    out = tmp_path / "out"
+    run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=12, progress=False,
+                         run_id="roots"))
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert Counter(r["status"] for r in rows) == {"succeeded": 96}
+
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    nodes_of: dict[str, set[str]] = {}
+    for e in events:
+        if e["event"] == "pool.activated":
+            nodes_of.setdefault(e["agent_id"], set()).add(e["host"].split("-")[1])
+    moved = [a for a, nodes in nodes_of.items() if len(nodes) == 2]
+    assert moved, f"some agent ran on both nodes: {nodes_of}"
+
+    opened = _opened(base)
+    by_root = {str(root): name for name, root in roots.items()}
+    assert set(opened) <= set(by_root), f"every worker runs with its node's root: {set(opened)}"
+    for own, paths in opened.items():
+        others = [str(root) for root in roots.values() if str(root) != own]
+        trespass = sorted(p for p in paths if any(p.startswith(o + os.sep) for o in others))
+        assert not trespass, f"a process of {by_root[own]} opened another node's files: {trespass}"
+    users = {by_root[own] for own, paths in opened.items()
+             if any(p.startswith(f"{store}{os.sep}agents{os.sep}") for p in paths)}
+    assert {"node-0", "node-1"} <= users, f"Hosts on both nodes use the shared store: {users}"
 
 
 def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Path) -> None:
