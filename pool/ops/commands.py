@@ -14,14 +14,12 @@ from pathlib import Path
 import click
 
 from agents.errors import UsageError
-from pool.ops.options import ADDRESS, JSON, NAMESPACE, RUN, guard, show
+from pool.ops.options import ADDRESS, JSON, NAMESPACE, guard, pool_options, show
 
 
 @click.command(help="Agents by state, residents per Host with their health score, the VRAM "
                     "ledger and the queue of the running pool.")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 @JSON
 @click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS",
               help="Refresh every SECONDS until Ctrl-C.")
@@ -71,9 +69,7 @@ def runs(address: str | None, namespace: str, as_json: bool) -> None:
 @click.command(help="End a run's pool (one kept with `selfheal run --keep-pool`, or a killed "
                     "driver's): its manager, monitor, Hosts and engines exit and the cluster's "
                     "GPU shares are free again. Committed results and checkpoints stay.")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 def stop(address: str | None, namespace: str, run: str | None) -> None:
     from pool.driver.runs import shutdown_pool
     from pool.ops import attach as ops
@@ -90,9 +86,7 @@ def stop(address: str | None, namespace: str, run: str | None) -> None:
 
 
 @click.command(help="FAILED agents and dead-lettered tasks, with their reasons.")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 @JSON
 def failed(address: str | None, namespace: str, run: str | None, as_json: bool) -> None:
     import ray
@@ -116,9 +110,7 @@ def failed(address: str | None, namespace: str, run: str | None, as_json: bool) 
               help="The run's output folder: release there and requeue the failed tasks.")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path),
               help="With --out: the run's checkpoint folder (default OUT/checkpoints).")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_dir: Path | None,
           address: str | None, namespace: str, run: str | None) -> None:
     def go() -> None:
@@ -168,9 +160,7 @@ def _retry_live(agent_ids: tuple[str, ...], address: str | None, namespace: str,
                     "`selfheal resume`.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for running batches to end first.")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 def pause(timeout_s: float, address: str | None, namespace: str, run: str | None) -> None:
     import ray
 
@@ -189,9 +179,7 @@ def pause(timeout_s: float, address: str | None, namespace: str, run: str | None
 
 @click.command(help="Take the GPUs again after `selfheal pause`: sleeping engines wake up and "
                     "queued tasks run.")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 def resume(address: str | None, namespace: str, run: str | None) -> None:
     import ray
 
@@ -207,9 +195,7 @@ def resume(address: str | None, namespace: str, run: str | None) -> None:
 
 @click.command(help="One agent: state, checkpoint versions, last health reports and history.")
 @click.argument("agent_id")
-@ADDRESS
-@NAMESPACE
-@RUN
+@pool_options
 @JSON
 def inspect(agent_id: str, address: str | None, namespace: str, run: str | None,
             as_json: bool) -> None:

@@ -35,6 +35,11 @@ RUN = click.option("--run", help="The run whose pool to use (`selfheal runs` lis
                                  "default: the only live run.")
 
 
+def pool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--address, --namespace and --run: the pool a command attaches to."""
+    return ADDRESS(NAMESPACE(RUN(fn)))
+
+
 def show(data: Any, view: Callable[[Any], Any], as_json: bool) -> None:
     """`data` as indented JSON, or as the rich `view` of it."""
     import json
