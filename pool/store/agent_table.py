@@ -5,7 +5,8 @@ row `(agent_id, priority, profile)` here (`profile`: its spec without id and pri
 for the defaults; see `pool.control.registry.profile_of`), and its first checkpoint is written by the Host
 that first commits it. Each `append` writes one file `root/registry/agents-<ns>-<pid>.parquet`
 holding the rows of one `register` call: written to a temp file, fsynced, renamed, and the folder
-fsynced (`pool.store.private.write_private`), so a file is whole or absent. A crash leaves at most a
+fsynced (`pool.store.private.write_private`), so a file is whole or absent; on an object store
+(`pool.store.files.ObjectFiles`) each file is one PUT, whole or absent too. A crash leaves at most a
 `*.tmp`, which `read` ignores and the next `append` removes once its writer is gone. A file that
 does not parse (the disk lied) is set aside in `registry/quarantine/` with a log event, and the
 rest is read: the driver registers its agents again on every run. `read` returns the rows of all
@@ -20,10 +21,11 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Final
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import structlog
 
@@ -32,8 +34,7 @@ from agents.errors import StorageError
 from agents.models import AgentRecord
 from pool.control.registry import Registry, Row
 from pool.store.checkpoint import CheckpointStore
-from pool.store.location import resolve
-from pool.store.private import private_dir, write_private
+from pool.store.location import open_root
 
 FOLDER: Final = "registry"
 COMPACT_AT: Final = 64  # files; a manager start merges more than this into one
@@ -49,9 +50,10 @@ log = structlog.get_logger(__name__)
 class AgentTable:
     """The registered agents under `store_root/registry/`; see the module docstring."""
 
-    def __init__(self, store_root: str | Path) -> None:
-        """`store_root`: the store's path or URI; an object store is refused for now."""
-        self.folder = resolve(store_root).local_path("the agent table") / FOLDER
+    def __init__(self, store_root: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
+        """`store_root`: the store's path or URI (`pool.store.location.open_root`)."""
+        self.io, root = open_root(store_root, filesystem)
+        self.folder = root / FOLDER
 
     def append(self, rows: Sequence[Row]) -> None:
         """Commit `rows` as one file; committed only when this returns."""
@@ -80,12 +82,10 @@ class AgentTable:
                     seen.add(agent_id)
                     yield agent_id, priority, profile
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[PurePath]:
         """The committed files, oldest first (temp files are not listed)."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.iterdir()
-                      if p.name.startswith("agents-") and p.name.endswith(".parquet"))
+        return [self.folder / name for name in self.io.names(self.folder)
+                if name.startswith("agents-") and name.endswith(".parquet")]
 
     def compact(self) -> bool:
         """Merge the files into one when there are more than `COMPACT_AT`; whether it did."""
@@ -95,8 +95,7 @@ class AgentTable:
         rows = list(self.read())
         self.append(rows)
         for path in old:
-            with contextlib.suppress(FileNotFoundError):  # another process compacted too
-                path.unlink()
+            self.io.delete(path)  # gone already: another process compacted too
         log.info("agent_table.compacted", files=len(old), agents=len(rows))
         return True
 
@@ -105,26 +104,27 @@ class AgentTable:
         pq.write_table(table, sink, compression="zstd")
         path = self.folder / f"agents-{time.time_ns():020d}-{os.getpid()}.parquet"
         try:
-            private_dir(self.folder)
-            _remove_temps(self.folder)
-            write_private(path, sink.getvalue().to_pybytes())
+            self.io.make_dir(self.folder)
+            if self.io.is_local:
+                _remove_temps(Path(self.folder))
+            self.io.put(path, sink.getvalue().to_pybytes())
         except OSError as exc:
             raise StorageError(f"cannot write the agent table under {self.folder}: {exc}") from exc
 
-    def _load(self, path: Path) -> pa.Table | None:
+    def _load(self, path: PurePath) -> pa.Table | None:
         try:
-            return pq.read_table(path, schema=SCHEMA)
+            return pq.read_table(pa.BufferReader(self.io.get(path)), schema=SCHEMA)
         except FileNotFoundError:  # compacted away by another process meanwhile
             return None
         except (pa.ArrowException, OSError) as exc:
             self._quarantine(path, str(exc))
             return None
 
-    def _quarantine(self, path: Path, why: str) -> None:
+    def _quarantine(self, path: PurePath, why: str) -> None:
         target = self.folder / "quarantine"
-        private_dir(target)
+        self.io.make_dir(target)
         with contextlib.suppress(FileNotFoundError):
-            path.rename(target / path.name)
+            self.io.move(path, target / path.name)
         log.warning("agent_table.file_quarantined", file=path.name, reason=why[:300])
 
 

@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path, PurePath, PurePosixPath
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import pyarrow.fs as pafs
@@ -44,8 +44,8 @@ from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageErro
 from agents.models import AgentId, AgentRecord
 from pool.store import manifest as mf
 from pool.store import quarantine as qt
-from pool.store.files import LOCK, Files, ObjectFiles, PosixFiles
-from pool.store.location import resolve
+from pool.store.files import LOCK
+from pool.store.location import open_root
 from pool.store.manifest import MANIFEST, Manifest, ManifestEntry
 
 __all__ = ["LOCK", "MANIFEST", "STEPS", "CheckpointStore", "ManifestEntry"]
@@ -69,16 +69,8 @@ class CheckpointStore:
             raise UsageError(f"keep must be at least 1, got {keep}")
         self.keep = keep
         self._hook = fault_hook
-        self.files: Files
-        if filesystem is not None:
-            self.uri, self.files = str(root), ObjectFiles(filesystem)
-            self._base: PurePath = PurePosixPath(str(root).strip("/"))
-        else:
-            where = resolve(root)
-            self.uri = where.uri
-            local = where.is_local
-            self.files = PosixFiles() if local else ObjectFiles(where.filesystem())
-            self._base = Path(where.path) if local else PurePosixPath(where.path)
+        self.uri = str(root)
+        self.files, self._base = open_root(root, filesystem)
         # The local folder (for an object store, the path inside it: use the store's methods).
         self.root = Path(self._base)
 

@@ -28,6 +28,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.models import TaskResult, TaskStatus
+from pool.store.location import resolve
 from pool.store.private import fsync_dir, open_private, write_private
 
 log = structlog.get_logger(__name__)
@@ -47,8 +48,10 @@ class Requeued(BaseModel):
 class ResultJournal:
     """The terminal `TaskResult` of each task of one `--out`, by task id."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | Path) -> None:
+        """`path`: the ledger in `--out`, a local path or file:// URI: its appends and the
+        `--out` lock need POSIX, so an object store is refused in one line."""
+        self.path = path = resolve(path).local_path("--out")
         self.records: dict[str, TaskResult] = {}
         self.quarantined = 0  # bad lines this load set aside
         self.notice: str | None = None  # a line for the driver to print when lines were set aside

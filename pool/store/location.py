@@ -13,15 +13,17 @@ asks the bucket's region over the network). Any other scheme is a `UsageError`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
 
 from agents.errors import StorageError, UsageError
+from pool.store.files import Files, ObjectFiles, PosixFiles
 
 OBJECT_SCHEMES: Final = frozenset({"s3", "gs", "gcs", "mock"})
+_MANGLED: Final = frozenset(f"{scheme}:" for scheme in OBJECT_SCHEMES | {"file"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +58,9 @@ class Location:
 def resolve(uri: str | Path) -> Location:
     """The location `uri` names; a `UsageError` for a scheme the store cannot use."""
     if isinstance(uri, Path):
-        head = uri.parts[0].rstrip(":").lower() if uri.parts else ""
-        if uri.parts and uri.parts[0].endswith(":") and head in OBJECT_SCHEMES | {"file"}:
-            # Path("s3://b/x") is "s3:/b/x": a local folder named "s3:" if taken as it is.
+        if any(part.lower() in _MANGLED for part in uri.parts):
+            # Path("s3://b/x") is "s3:/b/x" (and OUT / it "OUT/s3:/b/x"): a local folder named
+            # "s3:" if taken as it is.
             raise UsageError(f"{uri}: a URI made into a Path; pass the URI string")
         return Location(str(uri), "", str(uri))
     text = uri.strip()
@@ -81,3 +83,14 @@ def resolve(uri: str | Path) -> Location:
         raise UsageError(f"{uri}: no bucket")
     path = str(PurePosixPath(parts.netloc) / parts.path.lstrip("/")).rstrip("/")
     return Location(uri, "gs" if scheme == "gcs" else scheme, path)
+
+
+def open_root(root: str | Path, filesystem: pafs.FileSystem | None = None) -> tuple[Files, PurePath]:
+    """The files of the store at `root` and its root path in them; with `filesystem`, `root` is a
+    path inside that filesystem (tests; an S3 filesystem with explicit credentials)."""
+    if filesystem is not None:
+        return ObjectFiles(filesystem), PurePosixPath(str(root).strip("/"))
+    where = resolve(root)
+    if where.is_local:
+        return PosixFiles(), Path(where.path)
+    return ObjectFiles(where.filesystem()), PurePosixPath(where.path)

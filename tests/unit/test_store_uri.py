@@ -53,6 +53,7 @@ def test_an_object_store_uri_is_not_local(uri: str, scheme: str, path: str) -> N
     ("ftp://host/x", "scheme 'ftp' is not supported"), ("s3:///x", "no bucket"),
     ("file://elsewhere/x", "names this machine's disk"), ("  ", "empty"),
     (Path("s3://bucket/x"), "a URI made into a Path"),
+    (Path("/out") / Path("gs://bucket/x"), "a URI made into a Path"),  # OUT / checkpoint_dir
 ])
 def test_what_the_store_cannot_use_is_a_usage_error(uri: str | Path, why: str) -> None:
     with pytest.raises(UsageError, match=why):
@@ -140,16 +141,45 @@ def test_a_mock_uri_opens_an_object_store() -> None:
     assert not store.files.is_local and store.read(AID)[0].tasks_done == 1
 
 
-# ---- what is not supported on an object store is refused in one line --------------------------
+# ---- the agent table and the dead letters on an object store --------------------------------
 
 
-def test_the_append_only_tables_refuse_an_object_store() -> None:
-    with pytest.raises(UsageError, match="dead-letter table needs a local path or file:// URI"):
-        DeadLetterTable("s3://bucket/selfheal")
-    with pytest.raises(UsageError, match="agent table needs a local path or file:// URI"):
-        AgentTable("gs://bucket/selfheal")
+def test_the_agent_table_commits_reads_and_compacts_on_an_object_store(
+    fs: pafs.FileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pool.store import agent_table
+
+    monkeypatch.setattr(agent_table, "COMPACT_AT", 2)
+    for n in range(3):
+        AgentTable("s", filesystem=fs).append([(f"a{n}", n, ""), ("a0", 9, "later")])
+    table = AgentTable("s", filesystem=fs)
+    assert len(table.files()) == 3
+    assert list(table.load()) == [("a0", 0, ""), ("a1", 1, ""), ("a2", 2, "")]
+    assert len(table.files()) == 1  # compacted
+    table.io.put(table.folder / "agents-00000000000000000000-1.parquet", b"not parquet")
+    assert [r[0] for r in AgentTable("s", filesystem=fs).read()] == ["a0", "a1", "a2"]
+    assert table.io.names(table.folder / "quarantine") == ["agents-00000000000000000000-1.parquet"]
+
+
+def test_dead_letters_append_and_read_back_in_order_on_an_object_store(fs: pafs.FileSystem) -> None:
+    first = DeadLetterTable("s", filesystem=fs)
+    assert first.read() == []
+    assert first.append([{"kind": "dead_letter", "n": 1}]) and first.append([{"n": 2}, {"n": 3}])
+    assert [r["n"] for r in DeadLetterTable("s", filesystem=fs).read()] == [1, 2, 3]
 
 
 def test_the_tables_take_a_uri_string_for_a_local_store(tmp_path: Path) -> None:
     assert DeadLetterTable(f"file://{tmp_path}").path == tmp_path / "dead_letters.jsonl"
     assert AgentTable(str(tmp_path)).folder == tmp_path / "registry"
+    with pytest.raises(UsageError, match="a URI made into a Path"):
+        DeadLetterTable(Path("s3://bucket/selfheal"))
+
+
+def test_the_result_journal_of_out_refuses_an_object_store(tmp_path: Path) -> None:
+    from pool.store.journal import ResultJournal
+
+    with pytest.raises(UsageError, match="--out needs a local path or file:// URI, not s3://b/r"):
+        ResultJournal("s3://b/r/ledger.jsonl")
+    with pytest.raises(UsageError, match="a URI made into a Path"):
+        ResultJournal(Path("gs://b/r/ledger.jsonl"))
+    assert ResultJournal(f"file://{tmp_path}/ledger.jsonl").path == tmp_path / "ledger.jsonl"
