@@ -5,7 +5,8 @@ and reporting medians and ratios: activation latency (warm-Host bind vs a new ac
 llama.cpp with and without KV restore), scale (registration, memory and disk per agent,
 activation latency at N vs 1,000 agents), pool overhead (scripted steps/s vs bare Ray calls;
 real-model throughput and latency vs llama-server with as many slots), self-healing (three
-policies on one seeded fault mix) and budget fidelity. `run_bench` writes `bench.json` and
+policies on one seeded fault mix) and budget fidelity; on request (`--only returning`), returning
+agents with long context, pool vs llama-server (issue 11). `run_bench` writes `bench.json` and
 `bench.png` under `out`.
 
 This package is the one home of the benchmarks. Two run on their own, each with an entry point in
@@ -29,7 +30,9 @@ from typing import Any
 
 from rich.console import Console
 
-SECTIONS = ("activation", "kv", "scale", "overhead", "real", "ram", "healing")
+SECTIONS = ("activation", "kv", "scale", "overhead", "real", "ram", "healing", "returning")
+# `returning` (480 agents x 3 visits of ~1,000-token personas by default) runs only when asked for
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "returning")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class Sizes:
     heal_tasks: int
     heal_agents: int
     ram_residents: int = 12  # host RAM: residents on each side (0 skips it)
+    ret_agents: int = 480  # returning agents with long context (pool.bench.returning)
+    ret_visits: int = 3
+    ret_persona_tokens: int = 1000
+    ret_server_cache_mib: int = 8192  # llama-server's host-RAM prompt cache: its default
 
 
 FULL = Sizes(rounds=40, per_round=25, kv_reps=8, kv_turns=6, scale_agents=100_000,
@@ -55,17 +62,17 @@ FULL = Sizes(rounds=40, per_round=25, kv_reps=8, kv_turns=6, scale_agents=100_00
              heal_tasks=10_000, heal_agents=1_000)
 QUICK = Sizes(rounds=10, per_round=20, kv_reps=3, kv_turns=6, scale_agents=10_000,
               scale_small=1_000, steps=2_000, step_agents=100, reps=3, real_tasks=0, real_reps=0,
-              heal_tasks=1_000, heal_agents=200)
+              heal_tasks=1_000, heal_agents=200, ret_agents=24, ret_persona_tokens=500)
 TINY = Sizes(rounds=2, per_round=3, kv_reps=1, kv_turns=2, scale_agents=300, scale_small=100,
              steps=100, step_agents=20, reps=1, real_tasks=4, real_reps=1, heal_tasks=120,
-             heal_agents=30, ram_residents=2)
+             heal_agents=30, ram_residents=2, ret_agents=6, ret_visits=2, ret_persona_tokens=200)
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     out: Path
     sizes: Sizes = FULL
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     seed: int = 0
     real_slots: int | None = None  # Hosts for the real-model throughput (default: the pool's)
     plot: bool = True
@@ -93,7 +100,7 @@ def _llama_available() -> bool:
 
 
 def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, Any]:
-    from pool.bench import activation, healing, overhead, ram, scale
+    from pool.bench import activation, healing, overhead, ram, returning, scale
     from pool.bench.common import console_say, start_ray
     from pool.bench.report import plot, table
 
@@ -104,9 +111,9 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
     opts.out.mkdir(parents=True, exist_ok=True)
     sections = set(opts.sections)
     llama = _llama_available()
-    if not llama and sections & {"kv", "real", "ram"}:
+    if not llama and sections & {"kv", "real", "ram", "returning"}:
         say("llama.cpp or the shipped model is missing: skipping the real-model parts")
-        sections -= {"kv", "real", "ram"}
+        sections -= {"kv", "real", "ram", "returning"}
     if not s.real_tasks:
         sections.discard("real")
     if not s.ram_residents:
@@ -138,6 +145,12 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
             res["ram"] = ram.host_ram(s.ram_residents, work / "ram", say)
         if "healing" in sections:
             res["healing"] = healing.healing(s.heal_tasks, s.heal_agents, work / "heal", opts.seed, say)
+        if "returning" in sections:
+            say(f"returning agents: {s.ret_agents} x {s.ret_visits} visits, pool vs llama-server")
+            res["returning"] = returning.returning(returning.ReturningSizes(
+                agents=s.ret_agents, visits=s.ret_visits, persona_tokens=s.ret_persona_tokens,
+                server_cache_mib=s.ret_server_cache_mib, seed=opts.seed), work / "ret", say,
+                opts.real_slots)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["meta"]["wall_s"] = time.perf_counter() - started

@@ -162,7 +162,10 @@ def _ram(res: dict[str, Any]) -> list[Row]:
 
 
 def rows(res: dict[str, Any]) -> list[Row]:
-    return _activation(res) + _kv(res) + _scale(res) + _overhead(res) + _ram(res) + _healing(res)
+    from pool.bench.returning import report_rows  # its figures live with it
+
+    return (_activation(res) + _kv(res) + _scale(res) + _overhead(res) + _ram(res) + _healing(res)
+            + report_rows(res))
 
 
 def table(res: dict[str, Any]) -> Table:
