@@ -1,10 +1,11 @@
 """More than one machine: a three-node Ray (a CPU head and two nodes with a logical GPU each).
 
 Each node has a local root of its own (its `TMPDIR`: a Host's temp and slot files) and every
-worker notes the files it opens (`node_audit`); the checkpoints live in one shared store. A run
-moves agents between the nodes through that store, and no process opens another node's root.
-Then one GPU node is removed mid-run; its resident agents come back from their checkpoints on the
-other node's Hosts, and every task ends exactly once (that test runs last: it takes a node away).
+worker notes the files it opens (`node_audit`); the checkpoints live in one shared store. A third
+GPU node joins and is removed mid-run: its agents go on elsewhere through that store, and no
+process opens another node's root. Then one of the two GPU nodes is removed mid-run; its resident
+agents come back from their checkpoints on the other node's Hosts, and every task ends exactly
+once.
 """
 
 import json
@@ -75,27 +76,48 @@ def _opened(base: Path) -> dict[str, set[str]]:
 def test_each_node_keeps_to_its_own_root_and_agents_move_through_the_shared_store(
     cluster: object, tmp_path: Path
 ) -> None:
+    """A third GPU node joins with its own root and is removed mid-run: its resident agents
+    continue on the other nodes from the shared store (a move the planner cannot avoid)."""
+    import ray
+
     base: Path = cluster.audit_base  # type: ignore[attr-defined]
     roots: dict[str, Path] = cluster.roots  # type: ignore[attr-defined]
+    roots["node-2"] = base / "node-2"
+    roots["node-2"].mkdir()
+    extra = cluster.add_node(  # type: ignore[attr-defined]
+        num_cpus=1, num_gpus=1, env_vars={"TMPDIR": str(roots["node-2"])})
+    cluster.wait_for_nodes()  # type: ignore[attr-defined]
+    extra8 = extra.node_id[:8]
     store = base / "shared" / "store"  # one folder every node sees: the cluster's EFS mount
-    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(96, agents=12, seed=5))
+    tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(TASKS, agents=16, seed=5))
     settings = load_settings(overrides={
-        "engine": {"kind": "scripted", "faults": NO_FAULTS, "step_cost_s": 0.01},
-        "pool": {"slots_per_gpu": SLOTS, "batch_per_agent": 1, "checkpoint_dir": str(store)},
+        "engine": {"kind": "scripted", "faults": NO_FAULTS, "step_cost_s": 0.03},
+        "pool": {"slots_per_gpu": SLOTS, "batch_per_agent": 2, "checkpoint_dir": str(store)},
     })
     out = tmp_path / "out"
-    run_batch(RunOptions(tasks=tasks, out=out, settings=settings, agents=12, progress=False,
-                         run_id="roots"))
-    rows = pq.read_table(out / "results.parquet").to_pylist()
-    assert Counter(r["status"] for r in rows) == {"succeeded": 96}
+    runner = threading.Thread(target=lambda: run_batch(RunOptions(
+        tasks=tasks, out=out, settings=settings, agents=16, progress=False, run_id="roots",
+        keep_pool=True)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while _lines(out / "ledger.jsonl") < TASKS // 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = ray.get(ray.get_actor("pool-manager", namespace="selfheal-roots").status.remote())
+    on_extra = {h["agent"] for h in status["hosts"] if h["host"].split("-")[1] == extra8
+                and h["agent"]}
+    assert on_extra, "the third node held resident agents"
+    cluster.remove_node(extra)  # type: ignore[attr-defined]
+    runner.join(timeout=90)
+    assert not runner.is_alive(), "the run finished after the node loss"
+    shutdown_pool("selfheal-roots")
 
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == TASKS and Counter(r["status"] for r in rows) == {"succeeded": TASKS}
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    nodes_of: dict[str, set[str]] = {}
-    for e in events:
-        if e["event"] == "pool.activated":
-            nodes_of.setdefault(e["agent_id"], set()).add(e["host"].split("-")[1])
-    moved = [a for a, nodes in nodes_of.items() if len(nodes) == 2]
-    assert moved, f"some agent ran on both nodes: {nodes_of}"
+    t_lost = next(e["ts"] for e in events if e["event"] == "pool.node_lost")
+    moved = {e["agent_id"] for e in events if e["event"] == "pool.activated"
+             and e["ts"] > t_lost and extra8 not in e["host"]} & on_extra
+    assert moved, f"agents of the lost node ({on_extra}) went on elsewhere"
 
     opened = _opened(base)
     by_root = {str(root): name for name, root in roots.items()}
