@@ -177,12 +177,12 @@ class GpuControl:
         if on:
             self.store.put_meta(PAUSE_FILE, json.dumps({"paused_at": time.time()}).encode())
         else:
-            (self.store.root / PAUSE_FILE).unlink(missing_ok=True)
+            self.store.delete_meta(PAUSE_FILE)
 
     def restore_pause(self) -> None:
         """At start: a pause recorded by an earlier manager stands. The new Hosts hold no agent,
         so every GPU counts as parked until `resume`."""
-        if (self.store.root / PAUSE_FILE).exists():
+        if self.store.get_meta(PAUSE_FILE) is not None:  # through the store: it may be s3://
             self.sched.paused = dict.fromkeys(range(self.sched.ledger.num_gpus), "parked")
             self.sched.events.emit("pool.pause_restored", gpus=sorted(self.sched.paused))
 

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 
 import pool.control.vram
@@ -165,6 +166,21 @@ def test_a_pause_outlives_a_manager_restart_until_resume() -> None:
     fresh.store = first.store
     fresh.restore_pause()
     assert fresh.paused == {}  # resumed: nothing left on disk
+
+
+def test_a_pause_is_kept_in_an_object_store_too() -> None:
+    # The store of a run may be s3:// or gs://: the pause must be read back through the store,
+    # not as a local file (on an object store `store.root` is no folder of this machine).
+    fs = pafs.FileSystem.from_uri("mock:///")[0]
+    first = _Pool([_Host(pause_engine=True, wake_engine=True)], ["a"])
+    first.store = CheckpointStore("bucket/run", filesystem=fs)
+    asyncio.run(first.pause())
+    again = _Pool([_Host(wake_engine=True)], [None])
+    again.store = CheckpointStore("bucket/run", filesystem=fs)  # a restarted manager's own
+    again.restore_pause()
+    assert again.paused == {0: "parked"}, "the pause was not read back from the object store"
+    asyncio.run(again.resume())
+    assert again.store.get_meta(pool.control.vram.PAUSE_FILE) is None, "resume leaves no pause"
 
 
 def test_the_engine_base_enters_the_ledger_unless_no_agent_would_fit() -> None:
