@@ -1,9 +1,9 @@
-"""The codec and the durable checkpoint store: round trips, fencing, corruption, crashes, races."""
+"""The durable checkpoint store: round trips, fencing, corruption, crashes, races (the codec is in
+test_codec.py, quarantine and manifest rebuilds in test_checkpoint_recovery.py)."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -13,190 +13,17 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
 import pytest
+from checkpoint_data import AID, RECORDS, agent_folder, flip_newest, make, mutated, plant, with_version
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
-from agents.codec import SCHEMA, CheckpointUnreadable, Stamp, decode, encode, read_stamp
+from agents.codec import CheckpointUnreadable, decode, encode
 from agents.errors import CheckpointCorrupt, StaleEpoch, StorageError, UsageError
-from agents.models import AgentRecord, AgentSpec, GenerationParams, Turn
-from agents.state import AgentState
 from pool.store.checkpoint import MANIFEST, STEPS, CheckpointStore
 
 REPO = Path(__file__).resolve().parents[2]
-AID = "agent-7"
-
-
-def make(tasks_done: int = 0, agent_id: str = AID, **kw: object) -> AgentRecord:
-    return AgentRecord(spec=AgentSpec(agent_id=agent_id), tasks_done=tasks_done, **kw)
-
-
-RECORDS = {
-    "plain": make(),
-    "kv_state": make(kv_state=b"\x00\xff" * 5000),
-    "empty_kv": make(kv_state=b""),
-    "memory_unicode": AgentRecord(
-        spec=AgentSpec(
-            agent_id="a.b:c_d-1",
-            system_prompt="Tu es un agent 🤖 — très bref.",
-            priority=9,
-            generation=GenerationParams(temperature=0.1, top_p=0.5, max_tokens=7, seed=2**40),
-        ),
-        state=AgentState.DEGRADED,
-        memory=(
-            Turn(role="user", content="¿Qué tal? 你好\n\t"),
-            Turn(role="assistant", content=""),
-        ),
-        notes=("ノート", "", "x" * 3000),
-        tasks_done=12,
-        failed_reason="ünïcode reason",
-    ),
-}
-
-
-def agent_folder(store: CheckpointStore, agent_id: str = AID) -> Path:
-    return store._folder(agent_id)
-
-
-def manifest_json(store: CheckpointStore, agent_id: str = AID) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((agent_folder(store, agent_id) / MANIFEST).read_text())
-    return doc
-
-
-def plant(store: CheckpointStore, data: bytes, agent_id: str = AID) -> None:
-    """Replace the newest version's bytes with `data`, fixing size and sha256 in the manifest."""
-    folder = agent_folder(store, agent_id)
-    manifest = manifest_json(store, agent_id)
-    newest = manifest["entries"][-1]
-    (folder / newest["file"]).write_bytes(data)
-    newest.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-
-
-def with_version(data: bytes, version: bytes) -> bytes:
-    metadata = {b"selfheal.schema_version": version}
-    batch = next(iter(pa.ipc.open_stream(data))).replace_schema_metadata(metadata)
-    return ipc(batch, schema=batch.schema)
-
-
-def ipc(*batches: pa.RecordBatch, schema: pa.Schema = SCHEMA) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-    return bytes(sink.getvalue())
-
-
-def one_batch(record: AgentRecord) -> pa.RecordBatch:
-    return next(iter(pa.ipc.open_stream(encode(record))))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> CheckpointStore:
-    return CheckpointStore(tmp_path / "ckpt", keep=3)
-
-
-# ---- codec ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(RECORDS))
-def test_codec_round_trip(name: str) -> None:
-    record = RECORDS[name]
-    assert decode(encode(record)) == record
-
-
-def test_codec_schema_is_versioned() -> None:
-    schema = pa.ipc.open_stream(encode(make())).schema
-    assert schema.metadata[b"selfheal.schema_version"] == b"1"
-    assert schema.field("memory").type.value_type == pa.struct(
-        [pa.field("role", pa.string(), False), pa.field("content", pa.string(), False)]
-    )
-
-
-def test_decode_rejects_other_schema_version() -> None:
-    with pytest.raises(CheckpointCorrupt, match="schema version"):
-        decode(with_version(encode(make()), b"2"))
-
-
-def test_decode_rejects_two_rows_and_two_batches() -> None:
-    batch = one_batch(make())
-    with pytest.raises(CheckpointCorrupt, match="1 row"):
-        decode(ipc(pa.concat_batches([batch, batch])))
-    with pytest.raises(CheckpointCorrupt, match="1 batch"):
-        decode(ipc(batch, batch))
-    with pytest.raises(CheckpointCorrupt, match="1 batch"):
-        decode(ipc())
-
-
-def test_decode_rejects_other_columns() -> None:
-    batch = one_batch(make()).drop_columns(["notes"])
-    schema = batch.schema.with_metadata(SCHEMA.metadata)
-    with pytest.raises(CheckpointCorrupt, match="does not match"):
-        decode(ipc(batch.replace_schema_metadata(SCHEMA.metadata), schema=schema))
-
-
-def test_decode_rejects_null_in_required_column() -> None:
-    arrays = one_batch(make()).columns
-    arrays[0] = pa.array([None], pa.string())
-    batch = pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
-    with pytest.raises(CheckpointCorrupt, match="null"):
-        decode(ipc(batch))
-
-
-@pytest.mark.parametrize(
-    ("column", "value", "type_"),
-    [
-        ("priority", 42, pa.int8()),
-        ("agent_id", "no spaces allowed", pa.string()),
-        ("state", "zombie", pa.string()),
-        ("generation", '{"temperature": 9}', pa.string()),
-        ("generation", "{not json", pa.string()),
-        ("tasks_done", -1, pa.int64()),
-    ],
-)
-def test_decode_rejects_invalid_values(column: str, value: object, type_: pa.DataType) -> None:
-    # well-formed Arrow that the models refuse: unreadable by this version, not corrupt
-    arrays = one_batch(make()).columns
-    arrays[SCHEMA.get_field_index(column)] = pa.array([value], type_)
-    with pytest.raises(CheckpointUnreadable, match="refused by this version's models") as info:
-        decode(ipc(pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)))
-    assert not isinstance(info.value, CheckpointCorrupt)
-
-
-@pytest.mark.parametrize("data", [b"", b"not arrow at all", b"\xff" * 64, encode(make())[:-9]])
-def test_decode_rejects_garbage(data: bytes) -> None:
-    with pytest.raises(CheckpointCorrupt):
-        decode(data)
-
-
-VALID = encode(RECORDS["memory_unicode"])
-
-
-@st.composite
-def mutated(draw: st.DrawFn, valid: bytes = VALID) -> bytes:
-    data = bytearray(valid)
-    for _ in range(draw(st.integers(1, 8))):
-        i = draw(st.integers(0, len(data) - 1))
-        data[i] ^= draw(st.integers(1, 255))
-    cut = draw(st.integers(0, len(data)))
-    return bytes(data[:cut]) if draw(st.booleans()) else bytes(data)
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.one_of(st.binary(max_size=4096), mutated()))
-def test_decode_fuzz_raises_only_checkpoint_corrupt(data: bytes) -> None:
-    try:
-        record = decode(data)
-    except (CheckpointCorrupt, CheckpointUnreadable):  # a flip can make a value the models refuse
-        return
-    assert isinstance(record, AgentRecord)  # a flip in padding or text can still be valid
-
-
-# ---- store: round trips and versions --------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
@@ -290,13 +117,6 @@ def _zero(store: CheckpointStore) -> None:
     (agent_folder(store) / "v00000002.arrow").write_bytes(b"")
 
 
-def _flip(store: CheckpointStore) -> None:
-    path = agent_folder(store) / "v00000002.arrow"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def _delete(store: CheckpointStore) -> None:
     (agent_folder(store) / "v00000002.arrow").unlink()
 
@@ -309,7 +129,7 @@ def _other_agent(store: CheckpointStore) -> None:
     plant(store, encode(make(agent_id="someone-else")))
 
 
-CORRUPTIONS = [_truncate, _zero, _flip, _delete, _wrong_version, _other_agent]
+CORRUPTIONS = [_truncate, _zero, flip_newest, _delete, _wrong_version, _other_agent]
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
@@ -523,7 +343,7 @@ def test_next_epoch_is_above_the_fence_after_the_newest_version_is_quarantined(
 ) -> None:
     store.write(make(tasks_done=1), epoch=1)
     store.write(make(tasks_done=2), epoch=4)  # a fence: the watchdog moved the agent on
-    _flip(store)  # version 2, the only one at epoch 4, goes bad
+    flip_newest(store)  # version 2, the only one at epoch 4, goes bad
     assert store.read(AID)[0].tasks_done == 1  # quarantined on the way
     assert store.latest(AID).epoch == 1  # type: ignore[union-attr]
     with pytest.raises(StaleEpoch):  # what the newest remaining entry suggested before
@@ -534,179 +354,3 @@ def test_next_epoch_is_above_the_fence_after_the_newest_version_is_quarantined(
     assert store.next_epoch("nobody") == 1
 
 
-# ---- quarantine only what is corrupt ------------------------------------------------------
-
-
-def _too_long_prompt() -> AgentRecord:
-    """A record an older version allowed (a longer persona) that this version's limits refuse."""
-    spec = AgentSpec.model_construct(agent_id=AID, system_prompt="x" * 5000, priority=5,
-                                     generation=GenerationParams())
-    return AgentRecord.model_construct(spec=spec, state=AgentState.DORMANT, memory=(), notes=(),
-                                       kv_state=None, tasks_done=2, failed_reason=None)
-
-
-def _nothing_moved(store: CheckpointStore, files: set[str]) -> None:
-    assert {p.name for p in agent_folder(store).glob("*.arrow")} == files
-    assert [e.file for e in store.versions(AID)] == sorted(files)
-    assert not (store.root / "quarantine").exists()
-
-
-def test_a_record_refused_by_tightened_limits_is_kept_not_quarantined(
-    store: CheckpointStore,
-) -> None:
-    store.write(make(tasks_done=1), epoch=1)
-    store.write(_too_long_prompt(), epoch=1)  # what the older version committed
-    for call in (store.read, store.read_bytes, store.verify):
-        with pytest.raises(CheckpointUnreadable, match="system_prompt") as info:
-            call(AID)
-        assert not isinstance(info.value, CheckpointCorrupt)
-    _nothing_moved(store, {"v00000001.arrow", "v00000002.arrow"})
-
-
-def test_out_of_memory_while_decoding_is_retryable_not_corruption(
-    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store.write(make(tasks_done=1), epoch=1)
-
-    def no_memory(*_: object, **__: object) -> object:
-        raise pa.ArrowMemoryError("malloc of size 1048576 failed")
-
-    monkeypatch.setattr(pa.ipc, "open_stream", no_memory)
-    with pytest.raises(CheckpointUnreadable, match="memory"):
-        store.read(AID)
-    monkeypatch.undo()
-    _nothing_moved(store, {"v00000001.arrow"})
-    assert store.read(AID)[0].tasks_done == 1  # once memory is back, the same file reads
-
-
-def test_a_transient_read_error_is_retryable_not_corruption(
-    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store.write(make(tasks_done=1), epoch=1)
-    real = Path.read_bytes
-
-    def flaky(self: Path) -> bytes:
-        if self.suffix == ".arrow":
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(self)
-
-    monkeypatch.setattr(Path, "read_bytes", flaky)
-    with pytest.raises(StorageError, match="Input/output error") as info:
-        store.read(AID)
-    assert not isinstance(info.value, CheckpointCorrupt)
-    monkeypatch.undo()
-    _nothing_moved(store, {"v00000001.arrow"})
-
-
-# ---- a corrupt manifest is rebuilt from the version files ---------------------------------
-
-
-def test_version_files_carry_their_agent_version_and_epoch(store: CheckpointStore) -> None:
-    store.write(make(), epoch=3)
-    entry = store.write_bytes(AID, encode(make(tasks_done=1)), epoch=4)
-    data = (agent_folder(store) / entry.file).read_bytes()
-    assert read_stamp(data) == Stamp(AID, 2, 4)
-    assert read_stamp(encode(make())) is None  # a hot-tier copy is not a committed version
-    assert decode(data) == make(tasks_done=1)
-
-
-def test_a_file_stamped_for_another_version_is_corrupt(store: CheckpointStore) -> None:
-    store.write(make(tasks_done=1), epoch=1)
-    store.write(make(tasks_done=2), epoch=1)
-    plant(store, (agent_folder(store) / "v00000001.arrow").read_bytes())  # v1's file as v2
-    record, entry = store.read(AID)
-    assert (entry.version, record.tasks_done) == (1, 1)
-    [note] = (store.root / "quarantine" / AID).glob("*.reason.json")
-    assert "stamped" in json.loads(note.read_text())["reason"]
-
-
-@pytest.mark.parametrize(
-    "manifest",
-    [
-        b"",
-        b"{not json",
-        b"[]",
-        b'{"agent_id": "agent-7"}',
-        "MANIFEST_WITH_ESCAPING_FILE",
-        "MANIFEST_OF_OTHER_AGENT",
-        "MANIFEST_FENCE_BELOW_ENTRIES",
-    ],
-)
-def test_corrupt_manifest_is_rebuilt_from_the_version_files(
-    store: CheckpointStore, manifest: bytes | str
-) -> None:
-    for i, epoch in enumerate((1, 2, 5, 7), 1):
-        store.write(make(tasks_done=i), epoch=epoch)
-    _flip_version(store, 4)
-    assert store.read(AID)[1].version == 3  # v4 (the only one at epoch 7) is quarantined
-    path = agent_folder(store) / MANIFEST
-    if isinstance(manifest, str):
-        doc = json.loads(path.read_text())
-        if manifest == "MANIFEST_WITH_ESCAPING_FILE":
-            doc["entries"][0]["file"] = "../../../../etc/passwd"
-        elif manifest == "MANIFEST_OF_OTHER_AGENT":
-            doc["agent_id"] = "other"
-        else:
-            doc["epoch"] = 0
-        manifest = json.dumps(doc).encode()
-    path.write_bytes(manifest)
-    with capture_logs() as logs:
-        record, entry = store.read(AID)
-    assert (record.tasks_done, entry.version, entry.epoch) == (3, 3, 5)
-    assert [e.version for e in store.versions(AID)] == [2, 3]  # v1 was pruned (keep=3) before
-    assert any(e["event"] == "checkpoint.manifest_rebuilt" for e in logs)
-    assert store.next_epoch(AID) == 8, "the quarantined v4's epoch 7 is still the fence"
-    with pytest.raises(StaleEpoch):
-        store.write(make(tasks_done=99), epoch=6)
-    assert store.write(make(tasks_done=5), epoch=8).version == 5  # version 4 is never reused
-    bad = [p for p in (store.root / "quarantine" / AID).iterdir() if p.name.startswith(MANIFEST)]
-    assert len(bad) == 2  # the bad manifest and its reason note
-
-
-def test_a_corrupt_manifest_is_rebuilt_by_a_write_too(store: CheckpointStore) -> None:
-    store.write(make(tasks_done=1), epoch=2)
-    (agent_folder(store) / MANIFEST).write_bytes(b"\x00garbage")
-    with pytest.raises(StaleEpoch):
-        store.write(make(tasks_done=9), epoch=1)
-    assert store.write(make(tasks_done=2), epoch=2).version == 2
-    assert store.read(AID)[0].tasks_done == 2
-
-
-def _flip_version(store: CheckpointStore, version: int) -> None:
-    path = agent_folder(store) / f"v{version:08d}.arrow"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-# ---- the chaos check says what it saw -------------------------------------------------------
-
-
-def test_check_checkpoints_reports_a_fallback_to_an_older_version(store: CheckpointStore) -> None:
-    from pool.ops.checks import check_checkpoints
-
-    store.write(make(tasks_done=1), epoch=1)
-    store.write(make(tasks_done=2), epoch=1)
-    store.write(make(agent_id="fine"), epoch=1)
-    _flip(store)  # v2 of agent-7: the newest committed version is corrupt
-    check = check_checkpoints(store.root)
-    assert not check.ok, "the newest committed version did not verify"
-    assert "agent-7: newest version 2 corrupt (quarantined: sha256 mismatch); fell back to " \
-           "version 1" in check.detail
-    assert check.figures["fell_back"] == {AID: 1} and check.figures["verified"] == 1
-    again = check_checkpoints(store.root)  # v1 is the newest now: it verifies, v2 is listed
-    assert again.ok and again.figures["quarantined_earlier"] == {AID: [2]}
-    assert "1 with versions quarantined earlier (agent-7: [2])" in again.detail
-    store.write(make(tasks_done=3), epoch=1)
-    _flip_version(store, 3)
-    allowed = check_checkpoints(store.root, quarantined_ok=[AID])
-    assert allowed.ok and allowed.figures["quarantined"] == [AID] and allowed.figures["verified"] == 1
-
-
-def test_check_checkpoints_passes_a_clean_store(store: CheckpointStore) -> None:
-    from pool.ops.checks import check_checkpoints
-
-    store.write(make(tasks_done=1), epoch=1)
-    store.write(make(tasks_done=2), epoch=1)
-    check = check_checkpoints(store.root)
-    assert check.ok and check.detail == "1 verified, 0 quarantined as expected, 0 bad"
