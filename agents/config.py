@@ -11,17 +11,21 @@ from __future__ import annotations
 import math
 import tomllib
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.errors import UsageError
 
 DAY_S = 86_400.0  # the longest time any setting may name
 MAX_MIB = 1 << 24  # 16 TiB: the largest memory size any setting may name
 MAX_SEED = (1 << 32) - 1  # engines seed 32-bit generators
+# The schemes `pool.store.location.resolve` takes (agents does not import pool, which depends on
+# it; tests/unit/test_config.py checks that the two agree).
+STORE_SCHEMES: Final = frozenset({"file", "s3", "gs", "gcs", "mock"})
 
 
 class Section(BaseModel):
@@ -189,6 +193,30 @@ class EngineConfig(Section):
     )
 
 
+def store_location(value: str | PurePath) -> str:
+    """A store path or URI as a string, checked as `pool.store.location.resolve` checks it: a
+    scheme the store cannot use, a URI with no bucket, or a URI made into a path (`Path("s3://b")`
+    is `s3:/b`, a local folder named `s3:`) is refused here, at load."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("the store location is empty")
+    if "://" not in text:
+        if any(part.lower().removesuffix(":") in STORE_SCHEMES and part.endswith(":")
+               for part in PurePath(text).parts):
+            raise ValueError(f"{text}: a URI made into a Path; pass the URI string")
+        return str(value)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in STORE_SCHEMES:
+        raise ValueError(f"{text}: storage scheme {scheme!r} is not supported "
+                         "(a path, file://, s3:// or gs://)")
+    if scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise ValueError(f"{text}: a file:// URI names this machine's disk, not {parts.netloc}")
+    if scheme in ("s3", "gs", "gcs") and not parts.netloc:
+        raise ValueError(f"{text}: no bucket")
+    return str(value)
+
+
 class PoolConfig(Section):
     budget_mib: int = Field(8192, ge=64, le=MAX_MIB, description="VRAM budget of one GPU in MiB.")
     watermark: float = Field(0.85, gt=0, le=1, description="Share of the budget the ledger may use.")
@@ -205,7 +233,11 @@ class PoolConfig(Section):
         320, ge=0, le=MAX_MIB, description="Footprint of one resident agent (scripted, vLLM; llama.cpp "
         "counts the tokens in the agent's KV slot).",
     )
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="Durable checkpoint folder.")
+    checkpoint_dir: str = Field(
+        "checkpoints", description="The store (checkpoints, agent table, dead letters): a path "
+        "(relative: under the run's --out), a file:// URI, or an s3:// or gs:// URI that every "
+        "node of the cluster reads.",
+    )
     keep_versions: int = Field(3, ge=1, le=100, description="Checkpoint versions kept per agent.")
     batch_per_agent: int = Field(
         1, ge=1, le=1024, description="Tasks dispatched to a resident agent in one call. An "
@@ -238,6 +270,11 @@ class PoolConfig(Section):
         300.0, gt=0, le=86_400, description="A pool that no driver has drained for this long "
         "(its driver was killed) shuts itself down and gives the cluster its GPU shares back.",
     )
+
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _store_location(cls, value: Any) -> Any:
+        return store_location(value) if isinstance(value, str | PurePath) else value
 
 
 class Settings(Section):

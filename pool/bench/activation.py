@@ -34,7 +34,7 @@ class NaiveAgent:
     """One actor per agent, state loaded in the constructor: the baseline."""
 
     def __init__(self, agent_id: str, store_root: str, cfg: Settings) -> None:
-        self.record = CheckpointStore(Path(store_root)).read(agent_id)[0]
+        self.record = CheckpointStore(store_root).read(agent_id)[0]
         self.engine = make_engine(cfg.engine, pool=cfg.pool)
 
     def ready(self) -> str:

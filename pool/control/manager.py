@@ -19,7 +19,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -52,8 +51,9 @@ from pool.store.checkpoint import CheckpointStore
 class PoolManager:
     def __init__(self, settings: Settings, store_root: str) -> None:
         self.settings, self.cfg, self.store_root = settings, settings.pool, store_root
-        self.store = CheckpointStore(Path(store_root), keep=self.cfg.keep_versions)
-        self.table = AgentTable(Path(store_root))  # registered agents, durable; read back here
+        # The root travels as the string given: a URI names the same store on every node.
+        self.store = CheckpointStore(store_root, keep=self.cfg.keep_versions)
+        self.table = AgentTable(store_root)  # registered agents, durable; read back here
         registry = Registry()
         registry.add_rows(self.table.load())
         self.metrics = PoolMetrics(self.cfg.namespace)

@@ -37,6 +37,7 @@ from pool.driver.runs import OutLock, for_run, live_runs, new_run_id, shutdown_p
 from pool.driver.summary import summarise
 from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
 from pool.store.journal import ResultJournal, write_jsonl
+from pool.store.location import run_root
 from pool.store.private import open_private, write_private
 from recovery.grade import grade
 
@@ -76,7 +77,7 @@ def connect(settings: Settings, address: str | None) -> None:
         raise UsageError(f"cannot reach a Ray cluster at {target}") from None
 
 
-def fresh_manager(settings: Settings, store_root: Path) -> Any:
+def fresh_manager(settings: Settings, store_root: str | Path) -> Any:
     """Replace any PoolManager left by an earlier run (a killed driver's, say)."""
     ns = settings.pool.namespace
     for name in (MANAGER_NAME, MONITOR_NAME):
@@ -153,13 +154,13 @@ def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, An
     return summary
 
 
-def _store_root(opts: RunOptions) -> Path:
-    root = opts.settings.pool.checkpoint_dir
-    return (root if root.is_absolute() else opts.out / root).resolve()
+def _store_root(opts: RunOptions) -> str:
+    """The store as the pool gets it: a URI unchanged, a path absolute (relative: under OUT)."""
+    return run_root(opts.out, opts.settings.pool.checkpoint_dir)
 
 
 def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: ResultJournal,
-           store_root: Path, console: Console, lock: OutLock) -> None:
+           store_root: str, console: Console, lock: OutLock) -> None:
     connect(opts.settings, opts.address)
     ns = opts.settings.pool.namespace
     if lock.stale is not None and shutdown_pool(lock.stale.namespace):  # a killed driver's pool

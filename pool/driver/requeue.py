@@ -47,7 +47,7 @@ class Retried:
         return f"{self.agent_id}: {head}; {tasks}"
 
 
-def retry_offline(out: Path, store_root: Path, agent_ids: list[str] | None) -> list[Retried]:
+def retry_offline(out: Path, store_root: str | Path, agent_ids: list[str] | None) -> list[Retried]:
     """Release `agent_ids` (None: every FAILED agent the run knows of) and requeue their
     failed tasks; see the module docstring."""
     if not (out / "ledger.jsonl").is_file():

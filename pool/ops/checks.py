@@ -156,7 +156,7 @@ def check_resources(namespace: str | None = None, timeout_s: float = 60.0) -> Ch
         time.sleep(0.25)
 
 
-def check_checkpoints(store_root: Path, quarantined_ok: Iterable[str] = ()) -> Check:
+def check_checkpoints(store_root: str | Path, quarantined_ok: Iterable[str] = ()) -> Check:
     """Every agent's newest committed checkpoint verifies as it stands (a corrupt one that the
     check itself quarantines, falling back to an older version, does not); `quarantined_ok` may
     not. Versions quarantined earlier (the pool fell back then and went on) are reported."""
@@ -200,7 +200,7 @@ def _reason(store: CheckpointStore, agent_id: str, version: int) -> str:
     return str(notes[-1].get("reason", "?"))[:120] if notes else "?"
 
 
-def run_checks(out: Path, tasks_path: Path, store_root: Path, namespace: str | None,
+def run_checks(out: Path, tasks_path: Path, store_root: str | Path, namespace: str | None,
                quarantined_ok: Iterable[str] = ()) -> list[Check]:
     """The three checks, in order; pass `namespace` to shut the pool down first."""
     return [check_ledger(out, expected_ids(tasks_path)),

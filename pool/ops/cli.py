@@ -40,7 +40,8 @@ def main() -> None:
 @click.option("--tasks", type=click.Path(path_type=Path), default=Path("examples/tasks.jsonl"),
               show_default=True, help="Tasks: JSONL or Parquet, one task per line.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/run"), show_default=True,
-              help="Output folder; a rerun with the same folder skips committed tasks.")
+              help="The output, a local folder (not a URI; on a cluster, a shared mount); a "
+                   "rerun with the same folder skips committed tasks.")
 @click.option("--agents", type=click.IntRange(min=1), help="Generate N agents (agent-000000...).")
 @click.option("--agents-file", type=click.Path(path_type=Path),
               help="Agent specs (JSONL/Parquet). Default: examples/agents.jsonl beside the "
@@ -54,8 +55,9 @@ def main() -> None:
 @click.option("--budget-mib", type=int, help="VRAM budget per GPU in MiB (default 8192).")
 @click.option("--slots-per-gpu", type=int, help="Resident agents per GPU (default 12).")
 @click.option("--num-gpus", type=int, help="Logical GPUs of a local Ray (default 1).")
-@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
-              help="Checkpoint folder (default OUT/checkpoints).")
+@click.option("--checkpoint-dir", metavar="PATH|URI",
+              help="The store: a folder (default OUT/checkpoints; relative: under OUT), a "
+                   "file:// URI, or an s3:// or gs:// URI every node reads.")
 @click.option("--seed", type=int, help="Engine seed.")
 @click.option("--address", help="Ray cluster to join ('auto' = the one `ray start` started); "
               "default: $RAY_ADDRESS, else a private local Ray.")

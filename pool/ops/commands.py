@@ -107,11 +107,13 @@ def failed(address: str | None, namespace: str, run: str | None, as_json: bool) 
 @click.argument("agent_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Release every FAILED agent.")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="The run's output folder: release there and requeue the failed tasks.")
-@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
-              help="With --out: the run's checkpoint folder (default OUT/checkpoints).")
+              help="The run's output folder (a local folder): release there and requeue the "
+                   "failed tasks.")
+@click.option("--checkpoint-dir", metavar="PATH|URI",
+              help="With --out: the run's store, a folder (default OUT/checkpoints; relative: "
+                   "under OUT), a file:// URI, or an s3:// or gs:// URI.")
 @pool_options
-def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_dir: Path | None,
+def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_dir: str | None,
           address: str | None, namespace: str, run: str | None) -> None:
     def go() -> None:
         if bool(agent_ids) == every:
@@ -124,11 +126,12 @@ def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_
     guard(go)
 
 
-def _retry_out(agent_ids: tuple[str, ...], out: Path, checkpoint_dir: Path | None) -> None:
-    from pool.driver.requeue import retry_offline
+def _retry_out(agent_ids: tuple[str, ...], out: Path, checkpoint_dir: str | None) -> None:
+    from pool.driver import requeue
+    from pool.store.location import run_root
 
-    root = checkpoint_dir or Path("checkpoints")
-    done = retry_offline(out, root if root.is_absolute() else out / root, list(agent_ids) or None)
+    root = run_root(out, checkpoint_dir or "checkpoints")  # a URI as it is; a path under OUT
+    done = requeue.retry_offline(out, root, list(agent_ids) or None)
     for r in done:
         click.echo(r.line(out))
     if not agent_ids and not done:

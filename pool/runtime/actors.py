@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -38,7 +37,7 @@ class HostActor:
     def __init__(self, host_id: str, settings: Settings, store_root: str, slot: int, slots: int) -> None:
         self.monitor = ray.get_actor(MONITOR_NAME, namespace=settings.pool.namespace)
         engine = make_engine(settings.engine, pool=settings.pool, slot=slot, slots=slots)
-        store = CheckpointStore(Path(store_root), keep=settings.pool.keep_versions)
+        store = CheckpointStore(store_root, keep=settings.pool.keep_versions)  # a path or a URI
         self.monitor_timeout_s = settings.pool.monitor_timeout_s
         self.namespace = settings.pool.namespace
         self.dispatch = 0  # the manager's number of the batch running; 0: nothing to report
@@ -127,7 +126,7 @@ class HostActor:
 class MonitorActor:
     def __init__(self, settings: Settings, store_root: str | None = None) -> None:
         # FAILED agents and dead letters live in the store's table: a restart reads them back
-        table = DeadLetterTable(Path(store_root)) if store_root else None
+        table = DeadLetterTable(store_root) if store_root else None
         self.m = Monitor(settings.health, settings.recovery,
                          journal=table.append if table else None)
         if table:

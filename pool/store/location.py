@@ -94,3 +94,15 @@ def open_root(root: str | Path, filesystem: pafs.FileSystem | None = None) -> tu
     if where.is_local:
         return PosixFiles(), Path(where.path)
     return ObjectFiles(where.filesystem()), PurePosixPath(where.path)
+
+
+def run_root(out: Path, root: str) -> str:
+    """The store root of a run whose `--out` is `out`, as the string the driver hands the pool:
+    a URI as it is (it names the same store on every node); a path made absolute, a relative one
+    under `out` (a Host on another node must not read it against its own working folder)."""
+    where = resolve(root)
+    if not where.is_local:
+        return root
+    local = Path(where.path)
+    joined = resolve(local if local.is_absolute() else out / local)  # refuses OUT/s3:/...
+    return str(Path(joined.path).resolve())

@@ -121,3 +121,64 @@ def test_a_llama_budget_is_checked_against_the_model_not_the_configured_footprin
     small = load_settings(overrides={"pool": {"budget_mib": 300}, "engine": {"n_ctx": 1024}})
     plan = memory_plan(small)
     assert plan is not None and plan.kv_bytes_per_token == 23040 and plan.residents == 4
+
+
+# ---- pool.checkpoint_dir: a path or a store URI ---------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["checkpoints", "/mnt/selfheal/ckpt", "file:///mnt/selfheal",
+                                   "s3://bucket/selfheal", "gs://bucket/x", "gcs://bucket/x"])
+def test_checkpoint_dir_is_a_path_or_a_store_uri_kept_as_given(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"pool:\n  checkpoint_dir: {where}\n")
+    assert load_settings(path).pool.checkpoint_dir == where
+    assert load_settings(None, {"pool": {"checkpoint_dir": where}}).pool.checkpoint_dir == where
+
+
+def test_checkpoint_dir_default_is_unchanged_and_a_path_object_is_taken() -> None:
+    from agents.config import PoolConfig
+
+    assert load_settings().pool.checkpoint_dir == "checkpoints"
+    assert PoolConfig(checkpoint_dir=Path("/a/b")).checkpoint_dir == "/a/b"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("ftp://host/x", "pool.checkpoint_dir: ftp://host/x: storage scheme 'ftp' is not supported"),
+        ("s3://", "pool.checkpoint_dir: s3://: no bucket"),
+        ("file://otherhost/x", "pool.checkpoint_dir: file://otherhost/x: a file:// URI names"),
+        ("s3:/bucket/x", "pool.checkpoint_dir: s3:/bucket/x: a URI made into a Path"),
+        ("' '", "pool.checkpoint_dir: the store location is empty"),
+    ],
+)
+def test_a_bad_checkpoint_dir_is_one_line(tmp_path: Path, where: str, needle: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"pool:\n  checkpoint_dir: {where}\n")
+    with pytest.raises(UsageError) as err:
+        load_settings(path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["x", "/x", "file:///x", "file://localhost/x", "file://h/x",
+                                   "s3://b/x", "s3://", "gs://b", "gcs://", "mock:///m", "ftp://h/x",
+                                   "HTTP://h/x", "s3:/b/x", "out/gs:/b", " "])
+def test_config_takes_exactly_the_store_locations_the_store_resolves(where: str) -> None:
+    # agents.config checks the location without importing pool (pool depends on agents): the
+    # two must agree, so a config that loads never fails later when the store opens.
+    from agents.config import PoolConfig
+    from pool.store.location import resolve
+
+    def store_takes() -> bool:
+        try:
+            resolve(Path(where) if "://" not in where and where.strip() else where)
+        except UsageError:
+            return False
+        return True
+
+    try:
+        PoolConfig(checkpoint_dir=where)
+        config_takes = True
+    except ValueError:
+        config_takes = False
+    assert config_takes == store_takes(), where
