@@ -18,6 +18,10 @@ alternates too), after an untimed warm-up each. Throughput counts a side's passe
 sides (`TaskResult.elapsed_s` / the request's time on its slot); prompt tokens evaluated are
 llama-server's own counter (`prompt_tokens_total`) on each side's engine, before and after each
 pass. Answers are greedy and short (`answer_tokens`), so the prompt dominates the work.
+
+llama-server's default 8 GiB cache holds about two thirds of 480 contexts of ~1,150 tokens, so a
+round-robin over them never hits it; with a few agents it holds them all. A small run that should
+say something about 480 agents scales `server_cache_mib` to the same share of its contexts.
 """
 
 from __future__ import annotations
@@ -214,7 +218,7 @@ def returning(s: ReturningSizes, root: Path, say: Say, slots: int | None = None)
                        for e in activated), kv_dropped=kv_dropped,
                        activations_per_task=ratio(len(activated), out["pool"]["tasks"]),
                        activation_ms=stats(1000 * e["latency_s"] for e in activated))
-    out["server"].update(cached_share=peer.cached_share(), persona_tokens=peer.persona_tokens)
+    out["server"].update(cached_share=peer.cached_share(), first_prompt_tokens=peer.first_prompt)
     out.update(compare(out["pool"], out["server"]))
     return out
 
@@ -253,7 +257,7 @@ class _Peer:
         self.server, self.slots, self.by_id = server, slots, by_id
         self.turns: dict[str, tuple[Turn, ...]] = {}
         self.prompt = self.cached = 0
-        self.persona_tokens: dict[str, float] = {}  # first visits' prompt tokens (stats)
+        self.first_prompt: dict[str, float] = {}  # first visits' prompt tokens: persona + question
 
     def request(self, task: Task) -> GenRequest:
         spec = self.by_id[task.agent_id]
@@ -297,7 +301,7 @@ class _Peer:
         self.prompt += sum(r.prompt_tokens for _, r in ok)
         self.cached += sum(r.cached_tokens for _, r in ok)
         if visit == 0:
-            self.persona_tokens = stats(r.prompt_tokens for _, r in ok)
+            self.first_prompt = stats(r.prompt_tokens for _, r in ok)
         return Pass(visit, wall, tuple(lat for lat, _ in ok), len(ok), len(batch), int(evaluated))
 
     def cached_share(self) -> float:
