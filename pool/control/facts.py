@@ -20,7 +20,7 @@ class HostSlot:
     """A warm Host as the scheduler sees it."""
 
     __slots__ = ("host_id", "gpu", "node", "agent", "call", "lost", "dead", "reviving",
-                 "kv_tokens", "pressed")
+                 "kv_tokens", "pressed", "fresh")
 
     def __init__(self, host_id: str, gpu: int, node: str = "") -> None:
         self.host_id, self.gpu, self.node = host_id, gpu, node
@@ -31,6 +31,7 @@ class HostSlot:
         self.reviving = False  # lost or stalled, not answering yet: no agent goes there
         self.kv_tokens = 0  # KV the engine holds for its agent, as the Host last reported
         self.pressed = False  # its GPU was over its limit when its park began
+        self.fresh = False  # its agent was bound and has not run a batch yet
 
     @property
     def busy(self) -> bool:

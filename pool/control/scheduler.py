@@ -9,15 +9,11 @@ written, a device reading, a Host's mid-batch state report. The PoolManager carr
 through `pool.control.hosts.HostClient` and feeds every reply back; it decides nothing.
 
 Facts: one `Entry` per agent in the registry (state, epoch, queue, Host, hot-tier reference, the
-Host to avoid, crash streak, migration, batch in flight), one `HostSlot` per Host (its agent,
-the call in flight, losses), the VRAM ledger, paused GPUs, and Host deaths per task. An agent's
-state changes only through the transition table (`Registry.move`): a Host's report the table
-cannot reach in one move is an event (`pool.state_unreachable`), not a state. Counts come from
-the registry's buckets by state.
-
-Rules the property test holds it to (`tests/unit/test_scheduler_props.py`): a bind never takes a
-GPU over its VRAM limit nor past its slot cap; no agent is on two Hosts, no Host holds two
-agents; a plan that parks waits for its parks before the next plan, so a demand never evicts twice.
+Host to avoid, crash streak, migration, batch in flight), one `HostSlot` per Host, the VRAM
+ledger, paused GPUs; queues, results and deaths per task in the `AgentBook`, through which every
+state change goes (the transition table). A plan that parks waits for its parks before the next
+plan, so a demand never evicts twice. `tests/unit/test_scheduler_props.py` holds it to the budget,
+the slot cap, the table and every task in exactly one place across random event sequences.
 """
 
 from __future__ import annotations
@@ -73,19 +69,27 @@ class Scheduler:
             self.retry_at = None
         if self.paused:  # the GPUs are given back: work waits for `resume`
             return out
+        # A just-bound agent runs its work before any plan: else it could be parked for the next
+        # one in line before its task ran (bind, park, bind: thrash). Others with work may be
+        # parked for an agent of equal or higher priority (the plan's eviction order), then run.
+        out += self._dispatch_all(now, fresh_only=True)
         if not any(h.call == "park" for h in self.hosts):  # a plan's parks come back first
             free = sum(1 for h in self.hosts if not h.busy)
             demands = self.registry.next_demands(max(1, free))
             if demands or self.over_limit():
                 out += self._plan(demands, now)
+        return out + self._dispatch_all(now, fresh_only=False)
+
+    def _dispatch_all(self, now: float, fresh_only: bool) -> list[act.Run]:
         over = self.over_limit() if self.ledger.agent_mib else set()  # else: nothing to shed
+        runs = []
         for h in self.hosts:
-            if h.agent and not h.busy and self.registry.get(h.agent).queue:
+            if h.agent and not h.busy and (h.fresh or not fresh_only) and self.registry.get(h.agent).queue:
                 if h.gpu in over:  # shed first: a batch there could only run out of memory
                     self._retry(now, SHED_RETRY_S)
                 else:
-                    out.append(self._dispatch(h))
-        return out
+                    runs.append(self._dispatch(h))
+        return runs
 
     def _plan(self, demands: list[str], now: float) -> list[Action]:
         residents = [Resident(h.agent, h.gpu, (e := self.registry.get(h.agent)).priority,
@@ -138,7 +142,7 @@ class Scheduler:
         assert h.agent is not None
         entry = self.registry.get(h.agent)
         batch = tuple(entry.queue.popleft() for _ in range(min(len(entry.queue), self.cfg.batch_per_agent)))
-        h.call = "run"
+        h.call, h.fresh = "run", False
         self.book.move(h.agent, Event.START)
         self._dispatches += 1
         entry.dispatch = self._dispatches
@@ -200,7 +204,7 @@ class Scheduler:
 
     def _bound(self, ev: act.Bound, now: float) -> None:
         h, entry = self.host(ev.host), self.registry.get(ev.agent)
-        h.call, entry.epoch, entry.last_used = "", ev.epoch, now
+        h.call, h.fresh, entry.epoch, entry.last_used = "", True, ev.epoch, now
         tier = ev.info.get("tier", "disk") if ev.hot else "disk"
         if ev.hot and tier != "hot":  # the object was lost with its owner
             self.events.emit("pool.hot_miss", agent_id=ev.agent)

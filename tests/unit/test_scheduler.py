@@ -251,3 +251,13 @@ def test_a_plan_that_parks_waits_for_its_parks_before_planning_again() -> None:
     s.update(act.Parked(park.host, "a", "ref"), 1.2)
     [bind] = s.schedule(1.3)
     assert isinstance(bind, act.Bind) and bind.agent == "b"
+
+
+def test_a_just_bound_agent_runs_its_queued_work_before_anyone_plans_to_park_it() -> None:
+    s = _sched(hosts=1, agents=("a", "b"))
+    s.book.submit([(_task(0, "a"), None), (_task(1, "b"), None)])
+    [bind] = s.schedule(0.0)
+    s.update(act.Bound(bind.host, bind.agent, 1, {"state": "idle"}, 0.0, hot=False), 0.0)
+    actions = s.schedule(0.0)
+    assert [(type(a), a.agent) for a in actions] == [(act.Run, bind.agent)], \
+        "parked before its task ran: bind and park again and again (thrash)"
