@@ -3,44 +3,21 @@
 from pathlib import Path
 
 import pytest
+from host_data import make_host, make_tasks
 
 from agents import codec
 from agents.config import EngineConfig, FaultRates, Settings, load_settings
 from agents.engines.base import GenRequest
 from agents.engines.scripted import ScriptedEngine, fault_of
-from agents.errors import EngineFault, FaultClass, StaleEpoch, UsageError
-from agents.models import AgentRecord, AgentSpec, GenerationParams, Task, TaskStatus
+from agents.errors import EngineFault, FaultClass, StaleEpoch
+from agents.models import GenerationParams, Task, TaskStatus
 from agents.state import AgentState
-from pool.runtime.host import HostRuntime
-from pool.store.checkpoint import CheckpointStore
 from recovery.monitor import Monitor
-
-ONLY = {"garbage": 0.0, "truncation": 0.0, "timeout": 0.0, "oom": 0.0, "crash": 0.0, "permanent": 0.0}
-
-
-def _host(tmp_path: Path, fault: str | None, mode: str = "tiered") -> tuple[HostRuntime, CheckpointStore]:
-    rates = dict(ONLY)
-    if fault:
-        rates[fault] = 1.0
-    settings = load_settings(overrides={"engine": {"kind": "scripted", "faults": rates},
-                                        "recovery": {"mode": mode, "backoff_base_s": 0.0}})
-    store = CheckpointStore(tmp_path)
-    store.write(AgentRecord(spec=AgentSpec(agent_id="a1")), epoch=0)
-    monitor = Monitor(settings.health, settings.recovery, clock=lambda: 0.0)
-    host = HostRuntime("h0", settings, ScriptedEngine(settings.engine), store, monitor.assess,
-                       sleep=lambda s: None)
-    host.bind("a1", None, epoch=1)
-    return host, store
-
-
-def _tasks(n: int) -> list:
-    return [(Task(task_id=f"t{i}", agent_id="a1", prompt=f"What is {i}+1?", kind="answer",
-                  expected=str(i + 1)), None) for i in range(n)]
 
 
 def test_healthy_batch_commits_memory_before_returning(tmp_path: Path) -> None:
-    host, store = _host(tmp_path, None)
-    outcomes = host.run(_tasks(3), headroom=0.5)
+    host, store = make_host(tmp_path, None)
+    outcomes = host.run(make_tasks(3), headroom=0.5)
     assert [o.result.status for o in outcomes] == [TaskStatus.SUCCEEDED] * 3
     record, entry = store.read("a1")
     assert record.tasks_done == 3 and len(record.memory) == 6 and entry.epoch == 1
@@ -52,8 +29,8 @@ def test_tiered_recovery_heals_each_fault(tmp_path: Path, fault: str, tier: int)
     """Faults recur with the scripted engine's probabilities, so: most heal at the fault's tier on
     this Host, the rest are handed back to move (tier 2) or fail at the attempt cap; none heals
     without a recovery."""
-    host, _ = _host(tmp_path, fault)
-    outcomes = host.run(_tasks(20), headroom=0.5)
+    host, _ = make_host(tmp_path, fault)
+    outcomes = host.run(make_tasks(20), headroom=0.5)
     healed = [o.result for o in outcomes if o.result and o.result.status is TaskStatus.SUCCEEDED]
     moved = [o for o in outcomes if o.result is None]
     assert all(o.carry is not None and o.carry.host_changed for o in moved)
@@ -63,8 +40,8 @@ def test_tiered_recovery_heals_each_fault(tmp_path: Path, fault: str, tier: int)
 
 
 def test_crash_asks_for_migration(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "crash")
-    outcomes = host.run(_tasks(1), headroom=0.5)
+    host, _ = make_host(tmp_path, "crash")
+    outcomes = host.run(make_tasks(1), headroom=0.5)
     migrate = [o for o in outcomes if o.result is None]
     if migrate:  # a retry may clear the crash before the policy escalates
         assert migrate[0].carry is not None and migrate[0].carry.host_changed
@@ -73,8 +50,8 @@ def test_crash_asks_for_migration(tmp_path: Path) -> None:
 
 
 def test_permanent_fault_fails_the_task_not_the_agent(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "permanent")
-    (outcome,) = host.run(_tasks(1), headroom=0.5)
+    host, _ = make_host(tmp_path, "permanent")
+    (outcome,) = host.run(make_tasks(1), headroom=0.5)
     assert outcome.result.status is TaskStatus.FAILED
     assert outcome.result.attempts == load_settings().recovery.max_attempts
     assert outcome.result.truth == "permanent"
@@ -82,22 +59,22 @@ def test_permanent_fault_fails_the_task_not_the_agent(tmp_path: Path) -> None:
 
 
 def test_no_recovery_fails_at_first_fault(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "garbage", mode="none")
-    (outcome,) = host.run(_tasks(1), headroom=0.5)
+    host, _ = make_host(tmp_path, "garbage", mode="none")
+    (outcome,) = host.run(make_tasks(1), headroom=0.5)
     assert outcome.result.status is TaskStatus.FAILED and outcome.result.attempts == 1
 
 
 def test_zombie_host_cannot_overwrite_a_newer_checkpoint(tmp_path: Path) -> None:
-    zombie, store = _host(tmp_path, None)  # bound with epoch 1
+    zombie, store = make_host(tmp_path, None)  # bound with epoch 1
     store.write(store.read("a1")[0], epoch=2)  # the agent moved on elsewhere
     with pytest.raises(StaleEpoch):
-        zombie.run(_tasks(1), headroom=0.5)
+        zombie.run(make_tasks(1), headroom=0.5)
     assert store.latest("a1").epoch == 2
 
 
 def test_park_after_a_run_returns_the_committed_state_without_writing_again(tmp_path: Path) -> None:
-    host, store = _host(tmp_path, None)
-    host.run(_tasks(1), headroom=0.5)
+    host, store = make_host(tmp_path, None)
+    host.run(make_tasks(1), headroom=0.5)
     version = store.latest("a1").version
     blob = host.park()
     parked = codec.decode(blob)
@@ -117,10 +94,10 @@ def test_scripted_faults_are_seeded_and_match_rates() -> None:
 
 
 def test_a_checkpoint_committed_while_resident_binds_after_a_lost_host(tmp_path: Path) -> None:
-    host, store = _host(tmp_path, None)
-    host.run(_tasks(1), headroom=0.5)  # commits the record in state IDLE; then the Host "dies"
+    host, store = make_host(tmp_path, None)
+    host.run(make_tasks(1), headroom=0.5)  # commits the record in state IDLE; then the Host "dies"
     assert store.read("a1")[0].state is AgentState.IDLE
-    fresh, _ = _host(tmp_path / "other", None)
+    fresh, _ = make_host(tmp_path / "other", None)
     fresh.store, fresh.agent = store, None
     info = fresh.bind("a1", None, epoch=2)
     assert info["state"] == "idle" and fresh.agent.tasks_done == 1
@@ -136,7 +113,7 @@ def test_illegal_transition_pickles() -> None:
 
 
 def test_an_agent_handing_a_task_back_for_migration_can_be_parked(tmp_path: Path) -> None:
-    host, store = _host(tmp_path, "crash")
+    host, store = make_host(tmp_path, "crash")
     for attempt in range(8):  # the crash may clear on a plain retry; find a task that migrates
         outcomes = host.run([(Task(task_id=f"m{attempt}", agent_id="a1", prompt="p"), None)], headroom=0.5)
         if outcomes[0].result is None:
@@ -147,13 +124,13 @@ def test_an_agent_handing_a_task_back_for_migration_can_be_parked(tmp_path: Path
 
 
 def test_a_round_of_retries_backs_off_once_not_once_per_task(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "timeout")
+    host, _ = make_host(tmp_path, "timeout")
     host.settings = load_settings(overrides={"engine": {"kind": "scripted"},
                                              "recovery": {"backoff_base_s": 0.05}})
     waits: list[float] = []
     host.sleep = waits.append
     host.assess = Monitor(host.settings.health, host.settings.recovery, clock=lambda: 0.0).assess
-    outcomes = host.run(_tasks(4), headroom=0.5)
+    outcomes = host.run(make_tasks(4), headroom=0.5)
     attempts = [o.result.attempts for o in outcomes if o.result]
     rounds = max(attempts) - 1  # rounds after the first, each retrying some of the 4 tasks
     assert len(waits) == rounds < sum(a - 1 for a in attempts)  # one wait per round, not per task
@@ -161,17 +138,17 @@ def test_a_round_of_retries_backs_off_once_not_once_per_task(tmp_path: Path) -> 
 
 
 def test_memory_pressure_compresses_then_migrates_off_the_gpu(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, None)
+    host, _ = make_host(tmp_path, None)
     # No fault injected: the ledger says the GPU is over its limit (a measured extra), so the
     # answer is fine but the step is OOM; tier 2 compresses first, then hands the task back.
-    (outcome,) = host.run(_tasks(1), headroom=-0.05)
+    (outcome,) = host.run(make_tasks(1), headroom=-0.05)
     assert outcome.result is None and outcome.fault is FaultClass.OOM
     assert outcome.carry.memory_compressed and outcome.carry.host_changed
     assert outcome.carry.tiers == (2, 2)
 
 
 def test_engine_device_methods_and_their_fallbacks(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, None)
+    host, _ = make_host(tmp_path, None)
     assert host.pause_engine() is False and host.wake_engine() is False  # cannot sleep: the pool parks
     assert host.measure() == {"available": False, "reason": "no GPU: VRAM is not measured"}
     assert host.engine_info() == {}
@@ -233,19 +210,19 @@ def test_readings_of_one_gpu_count_each_id_once_and_a_missing_one_spoils_the_sum
 def test_the_slots_kv_goes_into_the_checkpoint_at_park_and_a_stale_copy_never_outlives_a_run(
     tmp_path: Path,
 ) -> None:
-    host, store = _host(tmp_path, None)
+    host, store = make_host(tmp_path, None)
     host.park()
     kv = b"KV of a1's slot"
     store.write(store.read("a1")[0].model_copy(update={"kv_state": kv}), epoch=2)
     assert host.bind("a1", None, epoch=3)["kv_restored"]  # the engine took it into its slot
-    host.run(_tasks(1), headroom=0.5)
+    host.run(make_tasks(1), headroom=0.5)
     assert store.read("a1")[0].kv_state is None, "the committed KV no longer matches the memory"
     parked = codec.decode(host.park())
     assert parked.kv_state == kv and store.read("a1")[0].kv_state == kv  # saved from the slot
 
 
 def test_a_kv_state_over_the_cap_is_dropped_with_an_event(tmp_path: Path) -> None:
-    host, store = _host(tmp_path, None)
+    host, store = make_host(tmp_path, None)
     host.park()
     big = b"x" * (host.settings.engine.kv_max_bytes + 1)
     store.write(store.read("a1")[0].model_copy(update={"kv_state": big}), epoch=2)
@@ -257,7 +234,7 @@ def test_a_kv_state_over_the_cap_is_dropped_with_an_event(tmp_path: Path) -> Non
 
 
 def test_the_tasks_pattern_reaches_the_monitor(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, None)
+    host, _ = make_host(tmp_path, None)
     shaped = [(Task(task_id="ok", agent_id="a1", prompt="2+2?", kind="answer", expected="4",
                     pattern=r"^\d+$"), None),
               (Task(task_id="bad", agent_id="a1", prompt="3+3?", kind="answer", expected="6",
@@ -267,129 +244,12 @@ def test_the_tasks_pattern_reaches_the_monitor(tmp_path: Path) -> None:
     assert outcomes["bad"].status is TaskStatus.FAILED and "contract" in outcomes["bad"].error
 
 
-def test_a_monitor_that_does_not_answer_is_replaced_by_local_assessment(tmp_path: Path) -> None:
-    """A hung monitor (the Ray wrapper's wait timed out) never stops the Host: it scores and
-    decides itself, with each task's own attempt count, and says so once per run."""
-    from pool.runtime.host import MonitorUnavailable
-
-    host, _ = _host(tmp_path, "permanent")
-    calls: list[int] = []
-
-    def hung(agent_id: str, items: list) -> list:
-        calls.append(len(items))
-        raise MonitorUnavailable("no answer in 30.0 s")
-
-    host.assess = hung
-    outcomes = host.run(_tasks(3), headroom=0.5)
-    cap = host.settings.recovery.max_attempts
-    assert [(o.result.status, o.result.attempts) for o in outcomes] == [(TaskStatus.FAILED, cap)] * 3
-    assert host.agent.state is not AgentState.FAILED
-    assert calls == [3], "the monitor is not waited for again in the same run"
-    (event,) = [e for e in host.events.drain() if e["event"] == "host.monitor_unavailable"]
-    assert event["agent_id"] == "a1" and "30.0 s" in event["reason"]
-    healthy, _ = _host(tmp_path / "ok", "garbage")
-    healthy.assess = hung
-    healed = [o.result for o in healthy.run(_tasks(4), headroom=0.5) if o.result]
-    assert any(r.status is TaskStatus.SUCCEEDED and 1 in r.tiers for r in healed)  # tier 1 locally
-
-
-class _Breaks:
-    """The scripted engine, except that one task's generation raises `error`."""
-
-    name = "breaks"
-
-    def __init__(self, inner: ScriptedEngine, task_id: str, error: Exception) -> None:
-        self.inner, self.task_id, self.error = inner, task_id, error
-
-    def generate(self, req: GenRequest):  # type: ignore[no-untyped-def]
-        if req.task_id == self.task_id:
-            raise self.error
-        return self.inner.generate(req)
-
-    def save_state(self, agent_id: str) -> bytes | None:
-        return self.inner.save_state(agent_id)
-
-    def load_state(self, agent_id: str, blob: bytes | None) -> bool:
-        return self.inner.load_state(agent_id, blob)
-
-    def close(self) -> None: ...
-
-
-@pytest.mark.parametrize("error", [ValueError("grammar cannot be built\nat line 2"), MemoryError(),
-                                   OverflowError("math range error"),
-                                   UsageError("task t1: constraint has no grammar")])
-def test_an_unexpected_error_fails_its_task_alone(tmp_path: Path, error: Exception) -> None:
-    host, store = _host(tmp_path, None)
-    host.engine = _Breaks(host.engine, "t1", error)  # type: ignore[arg-type]
-    outcomes = {o.task.task_id: o.result for o in host.run(_tasks(3), headroom=0.5)}
-    assert {t: r.status for t, r in outcomes.items()} == {
-        "t0": TaskStatus.SUCCEEDED, "t1": TaskStatus.FAILED, "t2": TaskStatus.SUCCEEDED}
-    reason = outcomes["t1"].error
-    assert reason.startswith(type(error).__name__) and "\n" not in reason, reason
-    assert host.agent.state is not AgentState.FAILED
-    assert store.read("a1")[0].tasks_done == 2  # the batch was committed
-    (event,) = [e for e in host.events.drain() if e["event"] == "host.task_error"]
-    assert event["task_id"] == "t1" and event["error"] == reason
-    assert host.park()  # the agent is in a state it can leave the Host from
-
-
-def test_a_task_whose_schema_cannot_be_checked_fails_alone(tmp_path: Path) -> None:
-    """A schema RE2 cannot run fails its task before the engine sees it; a `$ref` that only
-    fails when an answer reaches it fails the monitor's round, which the Host then assesses
-    task by task: either way the task fails alone, with a one-line reason."""
-    host, _ = _host(tmp_path, None)
-    asked: list[str] = []
-    inner = host.engine.generate
-    host.engine.generate = lambda req: asked.append(req.task_id) or inner(req)  # type: ignore[method-assign]
-    backref = Task(task_id="backref", agent_id="a1", prompt="p", kind="json",
-                   schema={"type": "string", "pattern": r"(a)\1"})
-    remote = Task(task_id="remote", agent_id="a1", prompt="p", kind="json",
-                  schema={"type": "object", "properties": {"a": {"$ref": "https://example.com/x"}}})
-    tasks = [*_tasks(2), (backref, None), (remote, None)]
-    outcomes = {o.task.task_id: o.result for o in host.run(tasks, headroom=0.5)}
-    assert outcomes["backref"].status is TaskStatus.FAILED and "backreferences" in outcomes["backref"].error
-    assert outcomes["remote"].status is TaskStatus.FAILED and "does not resolve" in outcomes["remote"].error
-    assert outcomes["t0"].status is outcomes["t1"].status is TaskStatus.SUCCEEDED
-    assert "backref" not in asked and "remote" in asked
-    assert [e["event"] for e in host.events.drain() if e["event"].startswith("host.")] == [
-        "host.task_error", "host.monitor_error", "host.task_error"]
-
-
-def test_a_monitor_that_raises_is_replaced_by_local_assessment_for_the_round(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, None)
-
-    def broken(agent_id: str, items: list) -> list:
-        raise RuntimeError("monitor bug\nTraceback ...")
-
-    host.assess = broken
-    outcomes = host.run(_tasks(3), headroom=0.5)
-    assert [o.result.status for o in outcomes] == [TaskStatus.SUCCEEDED] * 3
-    (event,) = [e for e in host.events.drain() if e["event"] == "host.monitor_error"]
-    assert event["reason"] == "RuntimeError: monitor bug"
-
-
-def test_a_backoff_that_cannot_be_slept_fails_the_retrying_tasks_alone(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "garbage")
-
-    def overflow(seconds: float) -> None:
-        raise OverflowError("sleep length is too large")
-
-    host.sleep = overflow
-    host.settings = load_settings(overrides={"engine": {"kind": "scripted"},
-                                             "recovery": {"backoff_base_s": 1.0}})
-    host.assess = Monitor(host.settings.health, host.settings.recovery, clock=lambda: 0.0).assess
-    outcomes = host.run(_tasks(3), headroom=0.5)
-    assert [o.result.status for o in outcomes] == [TaskStatus.FAILED] * 3
-    assert all(o.result.error.startswith("OverflowError") for o in outcomes)
-    assert host.agent.state is not AgentState.FAILED
-
-
 def test_a_carried_task_brings_its_attempt_and_tiers_to_a_fresh_monitor(tmp_path: Path) -> None:
     """A task that used tier 1 twice (its carry says so) escalates to tier 2 on a Host whose
     monitor never saw it (a restarted monitor, or a migrated task)."""
     from pool.runtime.host import Carry
 
-    host, _ = _host(tmp_path, "garbage")
+    host, _ = make_host(tmp_path, "garbage")
     seen: list[tuple[int, tuple[int, ...]]] = []
     fresh = Monitor(host.settings.health, host.settings.recovery, clock=lambda: 0.0)
 
@@ -405,17 +265,17 @@ def test_a_carried_task_brings_its_attempt_and_tiers_to_a_fresh_monitor(tmp_path
 
 
 def test_a_run_reports_the_agents_state_when_it_ended(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "permanent")  # every task fails at once: the agent ends DEGRADED
-    outcomes = host.run(_tasks(2), headroom=0.5)
+    host, _ = make_host(tmp_path, "permanent")  # every task fails at once: the agent ends DEGRADED
+    outcomes = host.run(make_tasks(2), headroom=0.5)
     assert host.agent is not None and host.agent.state is AgentState.DEGRADED
     assert [o.agent_state for o in outcomes] == [AgentState.DEGRADED] * 2
 
 
 def test_each_transition_of_a_run_is_reported_as_it_happens(tmp_path: Path) -> None:
-    host, _ = _host(tmp_path, "permanent")  # retried (RECOVERING), then failed (DEGRADED)
+    host, _ = make_host(tmp_path, "permanent")  # retried (RECOVERING), then failed (DEGRADED)
     seen: list[tuple[str, AgentState, AgentState]] = []
     host.on_state = lambda agent_id, state: seen.append((agent_id, state, host.agent.state))
-    host.run(_tasks(1), headroom=0.5)
+    host.run(make_tasks(1), headroom=0.5)
     assert {a for a, _, _ in seen} == {"a1"}
     assert all(reported is now for _, reported, now in seen), "reported after the move, not before"
     states = [s for _, s, _ in seen]
