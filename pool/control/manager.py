@@ -183,11 +183,14 @@ class PoolManager:
 
     async def _bind(self, a: act.Bind) -> None:
         started = time.perf_counter()
-        try:
-            epoch = await asyncio.to_thread(self.store.next_epoch, a.agent, a.after)  # above the fence
+        def prepare() -> tuple[int, bytes | None]:  # the store's I/O, off the event loop
+            epoch = self.store.next_epoch(a.agent, a.after)  # above the store's fence
             # never committed: bound from its registry row, the durable tier's copy ("disk")
-            row = None if a.hot is not None else await asyncio.to_thread(
-                initial_bytes, self.store, self.sched.registry, a.agent)
+            row = None if a.hot is not None else initial_bytes(self.store, self.sched.registry, a.agent)
+            return epoch, row
+
+        try:
+            epoch, row = await asyncio.to_thread(prepare)
         except StorageError as exc:
             self._feed(act.CallFailed(a.host, a.agent, "bind", str(exc)))
             return
