@@ -329,9 +329,10 @@ class Scheduler:
             self.registry.want(agent_id)
 
     def _node_lost(self, node: str, now: float) -> None:
-        """A Host whose node died can never restart there: all the Hosts of that node retire and
-        their idle resident agents go back to DORMANT (busy ones come back through their call)."""
-        gone = [h for h in self.hosts if h.node == node and not h.dead]
+        """A dead node's Hosts can never restart: they retire (once, whichever Host reports it) and
+        their idle residents go back to DORMANT (busy ones come back through their call)."""
+        if not (gone := [h for h in self.hosts if h.node == node and not h.dead]):
+            return
         for h in gone:
             h.dead = True
         self.events.emit("pool.node_lost", node=node, hosts=len(gone),

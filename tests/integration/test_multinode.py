@@ -15,9 +15,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from agents.config import load_settings
 from pool.driver.batch import RunOptions, run_batch
@@ -35,7 +37,6 @@ NO_FAULTS = {k: 0.0 for k in ("garbage", "truncation", "timeout", "oom", "crash"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
@@ -63,6 +64,16 @@ def _lines(path: Path) -> int:
     return sum(1 for _ in open(path)) if path.exists() else 0
 
 
+def _status(namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = ray.get(ray.get_actor("pool-manager", namespace=namespace).status.remote())
+    return status
+
+
+def _residents_on(status: dict[str, Any], node8: str) -> set[str]:
+    """The agents resident on Hosts of the node whose id starts with `node8`."""
+    return {h["agent"] for h in status["hosts"] if h["host"].split("-")[1] == node8 and h["agent"]}
+
+
 def _opened(base: Path) -> dict[str, set[str]]:
     """The paths each worker opened, by the worker's own root (`node_audit`'s logs)."""
     out: dict[str, set[str]] = {}
@@ -78,7 +89,6 @@ def test_each_node_keeps_to_its_own_root_and_agents_move_through_the_shared_stor
 ) -> None:
     """A third GPU node joins with its own root and is removed mid-run: its resident agents
     continue on the other nodes from the shared store (a move the planner cannot avoid)."""
-    import ray
 
     base: Path = cluster.audit_base  # type: ignore[attr-defined]
     roots: dict[str, Path] = cluster.roots  # type: ignore[attr-defined]
@@ -102,9 +112,7 @@ def test_each_node_keeps_to_its_own_root_and_agents_move_through_the_shared_stor
     deadline = time.monotonic() + 120
     while _lines(out / "ledger.jsonl") < TASKS // 4 and time.monotonic() < deadline:
         time.sleep(0.1)
-    status = ray.get(ray.get_actor("pool-manager", namespace="selfheal-roots").status.remote())
-    on_extra = {h["agent"] for h in status["hosts"] if h["host"].split("-")[1] == extra8
-                and h["agent"]}
+    on_extra = _residents_on(_status("selfheal-roots"), extra8)
     assert on_extra, "the third node held resident agents"
     cluster.remove_node(extra)  # type: ignore[attr-defined]
     runner.join(timeout=90)
@@ -132,7 +140,6 @@ def test_each_node_keeps_to_its_own_root_and_agents_move_through_the_shared_stor
 
 
 def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Path) -> None:
-    import ray
 
     tasks = write_tasks(tmp_path / "tasks.jsonl", synthetic_tasks(TASKS, agents=16, seed=11))
     settings = load_settings(overrides={
@@ -155,11 +162,10 @@ def test_node_loss_moves_agents_to_the_other_node(cluster: object, tmp_path: Pat
     assert where["pool-manager"] == where["health-monitor"] == head, "control actors on the head"
     victim = cluster.gpu_nodes[-1]  # type: ignore[attr-defined]
     victim8 = victim.node_id[:8]
-    status = ray.get(ray.get_actor("pool-manager", namespace=NS).status.remote())
+    status = _status(NS)
     hosts_by_node = Counter(h["host"].split("-")[1] for h in status["hosts"])
     assert len(hosts_by_node) == 2 and set(hosts_by_node.values()) == {SLOTS}, hosts_by_node
-    on_victim = {h["agent"] for h in status["hosts"] if h["host"].split("-")[1] == victim8
-                 and h["agent"]}
+    on_victim = _residents_on(status, victim8)
     assert on_victim, "the lost node held resident agents"
     cluster.remove_node(victim)  # type: ignore[attr-defined]
     runner.join(timeout=90)

@@ -261,3 +261,13 @@ def test_a_just_bound_agent_runs_its_queued_work_before_anyone_plans_to_park_it(
     actions = s.schedule(0.0)
     assert [(type(a), a.agent) for a in actions] == [(act.Run, bind.agent)], \
         "parked before its task ran: bind and park again and again (thrash)"
+
+
+def test_a_lost_node_is_retired_once_however_many_of_its_hosts_report_it() -> None:
+    s = _sched(hosts=2)  # both Hosts on node n0
+    run = _bound(s, _task(0))
+    s.update(act.HostLost(run.host, run.batch), 1.0)
+    s.update(act.NodeLost("n0"), 1.1)
+    s.update(act.NodeLost("n0"), 1.2)  # a second Host's check found the node gone too
+    assert all(h.dead for h in s.hosts)
+    assert _events(s).count("pool.node_lost") == 1
