@@ -8,7 +8,7 @@ Host (`pool.control.hosts`), a store operation or a probe, folded by `Scheduler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agents.models import Task
@@ -207,7 +207,6 @@ class EngineBase:
 
     base_mib: int
     rss_mib: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Update = (Bound | Parked | Ran | CallFailed | HostLost | HostStalled | Fenced | Reclaimed

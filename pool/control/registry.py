@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from agents.models import AgentSpec, GenerationParams
-from agents.state import TRANSITIONS, AgentState, Event, next_state
+from agents.state import AgentState, Event, next_state
 
 Row = tuple[str, int, str]  # (agent_id, priority, profile): a row of the agent table
 DEFAULT_PROFILE = ""  # the spec's persona and sampling settings are the defaults
@@ -42,10 +42,6 @@ def spec_of(agent_id: str, priority: int, profile: str) -> AgentSpec:
     doc = json.loads(profile)
     return AgentSpec(agent_id=agent_id, priority=priority, system_prompt=doc["system_prompt"],
                      generation=GenerationParams.model_validate(doc["generation"]))
-
-
-class Unreachable(ValueError):
-    """A state reported for an agent that the transition table has no one move to."""
 
 
 class Entry:
@@ -159,18 +155,6 @@ class Registry:
         state = next_state(self.get(agent_id).state, event)
         self.set_state(agent_id, state)
         return state
-
-    def follow(self, agent_id: str, reported: AgentState) -> None:
-        """Take a state its Host reports, by the table's one move that leads there (none when
-        it is already there); a report the table cannot reach raises Unreachable, changing
-        nothing."""
-        current = self.get(agent_id).state
-        if reported is current:
-            return
-        event = next((e for e, to in TRANSITIONS[current].items() if to is reported), None)
-        if event is None:
-            raise Unreachable(f"{agent_id}: no move from {current.value} to {reported.value}")
-        self.move(agent_id, event)
 
     def counts(self) -> dict[str, int]:
         counts = {state.value: len(ids) for state, ids in self.buckets.items()}

@@ -42,7 +42,7 @@ class Scheduler:
     def __init__(self, cfg: PoolConfig, intensity: int, ledger: VramLedger,
                  registry: Registry | None = None,
                  count: Callable[[str], None] = lambda _name: None, first_dispatch: int = 0) -> None:
-        self.cfg, self.intensity, self.ledger = cfg, intensity, ledger
+        self.cfg, self.ledger = cfg, ledger
         self.registry = registry or Registry()
         self.events = EventSink("pool-manager")
         self.book = AgentBook(cfg, intensity, self.registry, self.events)
