@@ -256,7 +256,6 @@ class Scheduler:
             self.events.emit("pool.park_failed", agent_id=ev.agent, host=h.host_id, reason=ev.error)
             self._retry(now, PARK_RETRY_S)
             return
-        entry.dispatch = 0
         if ev.stage == "bind":
             self._agent_failed(h, ev.agent, f"activation failed: {ev.error}")
         elif not ev.stale:
@@ -315,8 +314,7 @@ class Scheduler:
         if agent_id is None:
             return
         entry = self.registry.get(agent_id)
-        entry.dispatch = 0
-        self.book.to_dormant(agent_id)
+        self.book.to_dormant(agent_id)  # its batch in flight ends here (dispatch 0)
         entry.avoid = h.host_id  # restored on another Host where one is free
         if batch:
             batch = self.book.charge_tasks(agent_id, batch)

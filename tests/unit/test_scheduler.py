@@ -204,6 +204,7 @@ def test_a_fenced_zombies_stale_epoch_is_discarded() -> None:
                             epoch=run.epoch), 1.0)
     assert s.book.results == [] and not s.registry.get(AID).queue
     assert _events(s)[-1] == "pool.zombie_discarded"
+    assert s.registry.get(AID).dispatch == run.dispatch, "the live batch's reports still count"
 
 
 def test_a_crash_streak_binding_fails_the_agent_and_asks_to_verify_its_checkpoint() -> None:
