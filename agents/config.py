@@ -13,7 +13,7 @@ import tomllib
 from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,9 +23,10 @@ from agents.errors import UsageError
 DAY_S = 86_400.0  # the longest time any setting may name
 MAX_MIB = 1 << 24  # 16 TiB: the largest memory size any setting may name
 MAX_SEED = (1 << 32) - 1  # engines seed 32-bit generators
-# The schemes `pool.store.location.resolve` takes (agents does not import pool, which depends on
-# it; tests/unit/test_config.py checks that the two agree).
+# The schemes a store location may name (`pool.store.location.resolve` reads them through
+# `store_uri` and `mangled` below: one check for the config and the store).
 STORE_SCHEMES: Final = frozenset({"file", "s3", "gs", "gcs", "mock"})
+_MANGLED: Final = frozenset(f"{scheme}:" for scheme in STORE_SCHEMES)
 
 
 class Section(BaseModel):
@@ -193,18 +194,14 @@ class EngineConfig(Section):
     )
 
 
-def store_location(value: str | PurePath) -> str:
-    """A store path or URI as a string, checked as `pool.store.location.resolve` checks it: a
-    scheme the store cannot use, a URI with no bucket, or a URI made into a path (`Path("s3://b")`
-    is `s3:/b`, a local folder named `s3:`) is refused here, at load."""
-    text = str(value).strip()
-    if not text:
-        raise ValueError("the store location is empty")
-    if "://" not in text:
-        if any(part.lower().removesuffix(":") in STORE_SCHEMES and part.endswith(":")
-               for part in PurePath(text).parts):
-            raise ValueError(f"{text}: a URI made into a Path; pass the URI string")
-        return str(value)
+def mangled(path: PurePath) -> bool:
+    """A URI made into a path: `Path("s3://b/x")` is `s3:/b/x`, a local folder named `s3:`."""
+    return any(part.lower() in _MANGLED for part in path.parts)
+
+
+def store_uri(text: str) -> SplitResult:
+    """The parts of a store URI (`scheme://...`); a ValueError for a scheme the store cannot
+    use, a file:// URI naming another machine, or an s3:// or gs:// URI with no bucket."""
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in STORE_SCHEMES:
@@ -214,6 +211,21 @@ def store_location(value: str | PurePath) -> str:
         raise ValueError(f"{text}: a file:// URI names this machine's disk, not {parts.netloc}")
     if scheme in ("s3", "gs", "gcs") and not parts.netloc:
         raise ValueError(f"{text}: no bucket")
+    return parts
+
+
+def store_location(value: str | PurePath) -> str:
+    """A store path or URI as a string, checked as `pool.store.location.resolve` checks it: a
+    scheme the store cannot use, a URI with no bucket, or a URI made into a path is refused here,
+    at load."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("the store location is empty")
+    if "://" not in text:
+        if mangled(PurePath(text)):
+            raise ValueError(f"{text}: a URI made into a Path; pass the URI string")
+        return str(value)
+    store_uri(text)
     return str(value)
 
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 
+from agents.config import mangled, store_uri
 from agents.errors import StorageError, UsageError
 from pool.store.files import Files, ObjectFiles, PosixFiles
-
-OBJECT_SCHEMES: Final = frozenset({"s3", "gs", "gcs", "mock"})
-_MANGLED: Final = frozenset(f"{scheme}:" for scheme in OBJECT_SCHEMES | {"file"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +55,7 @@ class Location:
 def resolve(uri: str | Path) -> Location:
     """The location `uri` names; a `UsageError` for a scheme the store cannot use."""
     if isinstance(uri, Path):
-        if any(part.lower() in _MANGLED for part in uri.parts):
-            # Path("s3://b/x") is "s3:/b/x" (and OUT / it "OUT/s3:/b/x"): a local folder named
-            # "s3:" if taken as it is.
+        if mangled(uri):  # OUT / "s3:/b/x" too: a local folder named "s3:" if taken as it is
             raise UsageError(f"{uri}: a URI made into a Path; pass the URI string")
         return Location(str(uri), "", str(uri))
     text = uri.strip()
@@ -68,19 +63,15 @@ def resolve(uri: str | Path) -> Location:
         raise UsageError("the store location is empty")
     if "://" not in text:
         return Location(uri, "", text)
-    parts = urlsplit(text)
+    try:
+        parts = store_uri(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     scheme = parts.scheme.lower()
     if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise UsageError(f"{uri}: a file:// URI names this machine's disk, not {parts.netloc}")
         return Location(uri, "", unquote(parts.path) or "/")
-    if scheme not in OBJECT_SCHEMES:
-        raise UsageError(f"{uri}: storage scheme {scheme!r} is not supported "
-                         "(a path, file://, s3:// or gs://)")
     if scheme == "mock":  # Arrow reads mock://host/p as the path "p"
         return Location(uri, scheme, parts.path.strip("/"))
-    if not parts.netloc:
-        raise UsageError(f"{uri}: no bucket")
     path = str(PurePosixPath(parts.netloc) / parts.path.lstrip("/")).rstrip("/")
     return Location(uri, "gs" if scheme == "gcs" else scheme, path)
 
