@@ -108,11 +108,12 @@ class Run:
     def store_root(self) -> Path:
         return (self.out / self.cfg.pool.checkpoint_dir).resolve()
 
-    def events(self, name: str) -> list[dict[str, Any]]:
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The run's events in the order written, all of them or those called `name`."""
         import json
 
         lines = (self.out / "events.jsonl").read_text().splitlines()
-        return [e for e in map(json.loads, lines) if e.get("event") == name]
+        return [e for e in map(json.loads, lines) if name is None or e.get("event") == name]
 
     def statuses(self) -> Counter[str]:
         import pyarrow.parquet as pq

@@ -71,12 +71,17 @@ def test_host_kills_restore_agents_and_rerun_tasks(chaos_ray: Path, tmp_path: Pa
         time.sleep(0.3)
     run.join()
     assert kills >= 5, kills
-    lost = [e for e in run.events("pool.host_lost") if e["agent_id"]]
-    assert lost, "some kill hit a Host under an agent"
-    for e in lost[:5]:  # restored from the disk tier (its committed checkpoint), elsewhere
-        later = [a for a in run.events("pool.activated")
-                 if a["agent_id"] == e["agent_id"] and a["tier"] == "disk"]
-        assert later, e
+    # An agent whose Host was killed comes back from the disk tier (its committed checkpoint),
+    # never from an older hot copy; one that had no work left is not activated again at all.
+    events = [e for e in run.events() if e["event"] in ("pool.host_lost", "pool.activated")]
+    back = 0
+    for i, e in enumerate(events):
+        if e["event"] == "pool.host_lost" and e["agent_id"]:
+            nxt = next((a for a in events[i + 1:] if a["event"] == "pool.activated"
+                        and a["agent_id"] == e["agent_id"]), None)
+            assert nxt is None or nxt["tier"] == "disk", (e, nxt)
+            back += nxt is not None
+    assert back, "some kill hit a Host under an agent that had work left, and it came back"
     assert_checks(run)
     assert_like_baseline(run, base, slack=0.05)  # not "every task accounted for, all failed"
 
