@@ -266,8 +266,9 @@ class PoolConfig(Section):
         "`host.monitor_unavailable`).",
     )
     task_deaths: int = Field(
-        2, ge=1, le=100, description="Host deaths a task may cause: a task in flight on this "
-        "many Hosts that died is failed alone, and its agent goes on.",
+        2, ge=1, le=100, description="Host deaths a task may cause: a task running on this "
+        "many Hosts that died is failed alone, and its agent goes on (in a batch of several, "
+        "the task its Host said it started; every task of the batch when it said nothing).",
     )
     reconcile_s: float = Field(
         30.0, ge=0, le=DAY_S, description="Seconds between reconciliations of the VRAM ledger with "

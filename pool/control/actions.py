@@ -191,6 +191,16 @@ class StateReported:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """A Host's mid-batch report that it starts a step of `task` in batch `dispatch` (only for
+    batches of more than one task: a Host that dies is then charged to that task alone)."""
+
+    agent: str
+    dispatch: int
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """A device reading of `gpu`: what the pool holds there (`reserved_mib`: an engine that
     reserves up front, measured against its reservation)."""
@@ -210,4 +220,4 @@ class EngineBase:
 
 
 Update = (Bound | Parked | Ran | CallFailed | HostLost | HostStalled | Fenced | Reclaimed
-            | Revived | NodeLost | StateReported | Reading | EngineBase)
+            | Revived | NodeLost | StateReported | TaskStarted | Reading | EngineBase)

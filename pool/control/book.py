@@ -108,10 +108,11 @@ class AgentBook:
         self.move(agent_id, Event.RELEASE)
 
     # -- Host deaths ------------------------------------------------------------------------
-    def charge_tasks(self, agent_id: str, batch: list[Item]) -> list[Item]:
-        """One more death for each task in flight; those at `pool.task_deaths` fail alone. The rest."""
-        limit = self.cfg.task_deaths
-        self.task_deaths, doomed = count_deaths(self.task_deaths, [t.task_id for t, _ in batch], limit)
+    def charge_tasks(self, agent_id: str, batch: list[Item], running: str = "") -> list[Item]:
+        """One more death for the task `running` (the one its Host said it was running), else
+        for each task in flight; those at `pool.task_deaths` fail alone. The rest, in order."""
+        limit, ids = self.cfg.task_deaths, [t.task_id for t, _ in batch]
+        self.task_deaths, doomed = count_deaths(self.task_deaths, [running] if running in ids else ids, limit)
         for task, _ in batch:
             if task.task_id in doomed:
                 self.result(task, TaskStatus.FAILED, f"its Host died {limit} times running it")

@@ -1,11 +1,13 @@
 """Host deaths counted per task, so that a poison task fails alone and its agent goes on.
 
 Theory of operation. A Host process that dies while running a batch (a schema whose grammar
-exhausts memory, an engine call that kills the process) says nothing about which task did it,
-so every task in flight is charged one death. A task charged `limit` deaths is failed alone
-("its Host died N times running it") and its count ends with it; the others are requeued. The
-agent itself is not charged: its committed checkpoint is good (it verified when the Host bound
-it), and a poison task must not make it FAILED. Pure: counts in, counts out.
+exhausts memory, an engine call that kills the process) cannot say which task did it; in a batch
+of several it told the manager which task it started last (`PoolManager.report_task`), and that
+task is charged one death; when no report arrived, every task in flight is. A task charged
+`limit` deaths is failed alone ("its Host died N times running it") and its count ends with it;
+the others are requeued. The agent itself is not charged: its committed checkpoint is good (it
+verified when the Host bound it), and a poison task must not make it FAILED. Pure: counts in,
+counts out.
 """
 
 from __future__ import annotations

@@ -121,6 +121,11 @@ class PoolManager:
         if agent_id in self.sched.registry:
             self._feed(act.StateReported(agent_id, dispatch, AgentState(state)))
 
+    def report_task(self, agent_id: str, dispatch: int, task_id: str) -> None:
+        """A Host's report that it starts a step of `task_id` in batch `dispatch` (fire-and-forget)."""
+        if agent_id in self.sched.registry:
+            self._feed(act.TaskStarted(agent_id, dispatch, task_id))
+
     # -- the loop ---------------------------------------------------------------------------
     async def _run_loop(self) -> None:
         while True:

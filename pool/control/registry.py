@@ -48,7 +48,7 @@ class Entry:
     """Every fact the pool keeps of one agent in use (the scheduler's one record per agent)."""
 
     __slots__ = ("priority", "state", "epoch", "hot", "last_used", "host", "profile", "queue",
-                 "avoid", "crashes", "move", "dispatch", "held")
+                 "avoid", "crashes", "move", "dispatch", "running", "held")
 
     def __init__(self, priority: int, state: AgentState = AgentState.DORMANT, epoch: int = 0,
                  profile: int = 0):
@@ -64,6 +64,7 @@ class Entry:
         self.crashes = 0  # Hosts lost under it outside a batch, in a row
         self.move: Any = None  # a `Move` while it migrates, until bound on its new Host
         self.dispatch = 0  # the batch in flight on its Host (0: none)
+        self.running = ""  # the task of that batch its Host said it started last ("": not said)
         self.held: tuple[Any, ...] = ()  # a stalled batch, requeued once its fence is written
 
 

@@ -5,15 +5,13 @@ state machine lives in one place). `schedule(now)` returns what to do now: parks
 from the residency planner (`pool.control.budget.plan`), batches dispatched to idle residents,
 and the follow-ups earlier outcomes asked for (fences, releases, revivals). `update(event, now)`
 folds what happened: a Host's answer to a bind, park or run, a lost or stalled Host, a fence
-written, a device reading, a Host's mid-batch state report. The PoolManager carries actions out
-through `pool.control.hosts.HostClient` and feeds every reply back; it decides nothing.
-
-Facts: one `Entry` per agent in the registry (state, epoch, queue, Host, hot-tier reference, the
-Host to avoid, crash streak, migration, batch in flight), one `HostSlot` per Host, the VRAM
-ledger, paused GPUs; queues, results and deaths per task in the `AgentBook`, through which every
-state change goes (the transition table). A plan that parks waits for its parks before the next
-plan, so a demand never evicts twice. `tests/unit/test_scheduler_props.py` holds it to the budget,
-the slot cap, the table and every task in exactly one place across random event sequences.
+written, a device reading, a Host's mid-batch reports (state moves, the task it starts). The
+PoolManager carries actions out through `pool.control.hosts.HostClient` and feeds every reply
+back; it decides nothing. Facts: one `Entry` per agent in the registry, one `HostSlot` per Host,
+the VRAM ledger, paused GPUs; queues, results and deaths per task in the `AgentBook`, through
+which every state change goes (the transition table). A plan that parks waits for its parks
+before the next plan, so a demand never evicts twice. `tests/unit/test_scheduler_props.py` holds
+it to the budget, the slot cap, the table and every task in one place across random events.
 """
 
 from __future__ import annotations
@@ -145,7 +143,7 @@ class Scheduler:
         h.call, h.fresh = "run", False
         self.book.move(h.agent, Event.START)
         self._dispatches += 1
-        entry.dispatch = self._dispatches
+        entry.dispatch, entry.running = self._dispatches, ""
         headroom = self.ledger.headroom(self.residents_on(h.gpu), h.gpu)
         return act.Run(h.host_id, h.agent, batch, headroom, entry.dispatch, entry.epoch)
 
@@ -197,6 +195,9 @@ class Scheduler:
             case act.StateReported(agent=agent, dispatch=dispatch, state=state):
                 if dispatch and self.registry.get(agent).dispatch == dispatch:  # else: a late one
                     self.book.follow(agent, state)
+            case act.TaskStarted(agent=agent, dispatch=dispatch, task=task):
+                if dispatch and (entry := self.registry.get(agent)).dispatch == dispatch:
+                    entry.running = task
             case act.Reading():
                 self._reading(event)
             case act.EngineBase():
@@ -298,9 +299,9 @@ class Scheduler:
             self.registry.want(ev.agent)
 
     def _host_lost(self, h: HostSlot, batch: list[Item], now: float) -> None:
-        """The Host process died: its agent falls back to its committed checkpoint. Deaths in a
-        batch are charged to its tasks (one at `pool.task_deaths` fails alone); deaths outside
-        one (bind, park) to the agent, which fails past `recovery.intensity` of them."""
+        """The Host process died: its agent falls back to its committed checkpoint. A death in a
+        batch is charged to its tasks (`AgentBook.charge_tasks`); one outside a batch (bind,
+        park) to the agent, which fails past `recovery.intensity` of them."""
         agent_id, h.agent, h.call = h.agent, None, ""
         h.lost += 1
         self.count("hosts_lost")
@@ -314,10 +315,11 @@ class Scheduler:
         if agent_id is None:
             return
         entry = self.registry.get(agent_id)
+        running = entry.running if entry.dispatch else ""
         self.book.to_dormant(agent_id)  # its batch in flight ends here (dispatch 0)
         entry.avoid = h.host_id  # restored on another Host where one is free
         if batch:
-            batch = self.book.charge_tasks(agent_id, batch)
+            batch = self.book.charge_tasks(agent_id, batch, running)
         elif (failed := self.book.charge_agent(agent_id)) is not None:
             self._out += failed
             return

@@ -3,8 +3,9 @@
 Only this module and `pool/control/manager.py` import ray. A Host is created once, warm, with a
 fractional GPU, and reused for many agents; it holds no model: it calls its GPU's shared engine
 (one actor per GPU, see `agents.engines.shared`), in whose KV slot `slot` its agent lives.
-While it runs a batch, it tells the manager each move of its agent's state (`PoolManager.report_state`),
-fire-and-forget, tagged with the batch's dispatch number so that the manager drops a late one.
+While it runs a batch, it tells the manager each move of its agent's state (`PoolManager.report_state`)
+and, in a batch of several tasks, which task it starts (`report_task`), fire-and-forget, tagged with
+the batch's dispatch number so that the manager drops a late one.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class HostActor:
         self.namespace = settings.pool.namespace
         self.dispatch = 0  # the manager's number of the batch running; 0: nothing to report
         self._manager: Any = None  # looked up at the first report; False: there is none
-        self.rt = HostRuntime(host_id, settings, engine, store, self._assess, on_state=self._report)
+        self.rt = HostRuntime(host_id, settings, engine, store, self._assess, on_state=self._report,
+                              on_task=self._report_task)
+        self.batch_size = 0  # of the batch running
         self.gpu = (ray.get_gpu_ids() or ["0"])[0]
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -73,6 +76,15 @@ class HostActor:
         with contextlib.suppress(RayError):
             manager.report_state.remote(agent_id, self.dispatch, state.value)
 
+    def _report_task(self, agent_id: str, task_id: str) -> None:
+        """Tell the manager which task of a batch of several starts a step, so that this
+        process dying there is charged to it alone (fire-and-forget; a lost report charges the
+        whole batch, as when nothing was said)."""
+        if self.batch_size < 2 or not self.dispatch or (manager := self._manager_handle()) is None:
+            return
+        with contextlib.suppress(RayError):
+            manager.report_task.remote(agent_id, self.dispatch, task_id)
+
     def _manager_handle(self) -> Any:
         """The pool manager's handle, looked up once (a detached actor named in our namespace)."""
         if self._manager is None:
@@ -95,7 +107,7 @@ class HostActor:
         """Outcomes, the events of the run (they ride back with the results), and the tokens of
         KV the engine holds for the agent afterwards. `dispatch` tags the state reports of the
         run (0: a caller that is not the manager, nothing is reported)."""
-        self.dispatch = dispatch
+        self.dispatch, self.batch_size = dispatch, len(tasks)
         try:
             outcomes = self.rt.run(tasks, headroom)
         finally:

@@ -103,6 +103,7 @@ class HostRuntime(Residency):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_state: Callable[[str, AgentState], None] | None = None,
+        on_task: Callable[[str, str], None] | None = None,
     ) -> None:
         self.host_id = host_id
         self.settings = settings
@@ -112,6 +113,7 @@ class HostRuntime(Residency):
         self.clock = clock
         self.sleep = sleep
         self.on_state = on_state  # told each move of the agent's state during `run`
+        self.on_task = on_task  # told (agent id, task id) before each step of a task that executes
         self.events = EventSink(host_id)
         self.agent: AgentRecord | None = None
         self.epoch = 0
@@ -182,6 +184,8 @@ class HostRuntime(Residency):
 
     def _execute(self, run: _Run) -> None:
         agent = self._require()
+        if self.on_task is not None:
+            self.on_task(agent.spec.agent_id, run.task.task_id)
         if agent.state is not AgentState.RUNNING:
             self._move(Event.START)
         c = run.carry

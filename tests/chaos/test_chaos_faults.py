@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from chaos_harness import NAMESPACE, Run, assert_checks, assert_like_baseline, baseline, settings
+from chaos_inject import executions_dir
 
 from agents.models import AgentRecord, AgentSpec
 from pool.ops.checks import actor_pids
@@ -169,14 +170,22 @@ def test_poison_agent_whose_checkpoint_never_loads_goes_failed(chaos_ray: Path, 
     assert_checks(run, quarantined_ok=(poison,))
 
 
+def _executing(pid: int) -> str:
+    """The task the Host process `pid` last handed its engine ("": none yet)."""
+    log = executions_dir() / f"{pid}.log"  # type: ignore[operator]
+    lines = log.read_text().splitlines() if log.exists() else []
+    return lines[-1].split("\t")[0] if lines else ""
+
+
 def test_a_task_whose_host_always_dies_fails_alone(chaos_ray: Path, tmp_path: Path) -> None:
-    """Kill the Host under one agent whenever it runs a task: the task in flight is charged each
-    death and fails alone at `pool.task_deaths`; the agent is neither FAILED nor quarantined, and
-    its other tasks run once the kills stop."""
+    """Kill the Host under one agent whenever it runs a task, in batches of three: the task it was
+    running is charged each death and fails alone at `pool.task_deaths`; its batch mates are not
+    charged, the agent is neither FAILED nor quarantined, and its other tasks run once the kills
+    stop."""
     no_faults = dict.fromkeys(("garbage", "truncation", "timeout", "oom", "crash", "permanent"), 0.0)
     # only the kills may fail a task: injected faults would let recovery fail it first
     cfg = settings(engine={"step_cost_s": 1.0, "faults": no_faults}, recovery={"intensity": 2},
-                   pool={"task_deaths": 2})
+                   pool={"task_deaths": 2, "batch_per_agent": 3})
     run = Run(tmp_path, 60, 20, cfg, seed=15)
     poison, kills = "agent-000005", 0
     with open(run.tasks, "a") as fh:  # enough work that it is resident whenever we look
@@ -197,7 +206,8 @@ def test_a_task_whose_host_always_dies_fails_alone(chaos_ray: Path, tmp_path: Pa
         except (ValueError, ray.exceptions.RayError):
             continue
         for h in hosts:
-            if h["agent"] == poison and h["busy"] and h["host"] in (pids := actor_pids("host-")):
+            if (h["agent"] == poison and h["busy"] and h["host"] in (pids := actor_pids("host-"))
+                    and _executing(pids[h["host"]]).startswith("p")):  # a poison task, in the engine
                 os.kill(pids[h["host"]], signal.SIGKILL)
                 kills += 1
                 time.sleep(1.0)  # let the pool notice and re-activate it (a task takes seconds)

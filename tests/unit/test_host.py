@@ -1,6 +1,7 @@
 """The Host loop without Ray: scripted engine, real checkpoint store, the monitor's logic."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from host_data import make_host, make_tasks
@@ -283,3 +284,23 @@ def test_each_transition_of_a_run_is_reported_as_it_happens(tmp_path: Path) -> N
     host.on_state = lambda agent_id, state: seen.append(("bind/park", state, state))
     host.park()
     assert seen[-1][0] == "a1", "parking is not a run's transition: the manager knows it"
+
+
+def test_each_step_of_a_task_is_announced_before_the_engine_runs_it(tmp_path: Path) -> None:
+    """The task a Host says it starts is the one its engine runs next: a Host that dies there
+    is charged to that task alone."""
+    host, _ = make_host(tmp_path, "permanent")  # each task is retried: two steps per task
+    told: list[tuple[str, str]] = []
+    engine = host.engine
+    real = engine.generate
+
+    def generate(req: GenRequest) -> Any:
+        assert told[-1] == ("a1", req.task_id), "announced before its engine call"
+        return real(req)
+
+    engine.generate = generate  # type: ignore[method-assign]
+    host.on_task = lambda agent_id, task_id: told.append((agent_id, task_id))
+    tasks = make_tasks(2)
+    host.run(tasks, headroom=0.5)
+    ids = [t.task_id for t, _ in tasks]
+    assert [t for _, t in told][:2] == ids and len(told) > len(ids), "every step, every task"

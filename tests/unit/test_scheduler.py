@@ -154,6 +154,33 @@ def test_a_task_that_kills_its_host_fails_alone_at_the_limit() -> None:
     assert s.registry.get(AID).state is not AgentState.FAILED, "its agent goes on"
 
 
+def test_a_host_death_mid_batch_is_charged_to_the_task_it_was_running_only() -> None:
+    """batch_per_agent > 1: the Host says which task it starts; a death is that task's alone, so
+    a poison task fails at the limit and its batch mates go on uncharged. A report from an older
+    batch of the agent is not this batch's."""
+    s = _sched(hosts=2, task_deaths=2, batch_per_agent=3)
+    run = _bound(s, _task(0), _task(1), _task(2))
+    s.update(act.TaskStarted(AID, run.dispatch - 1, "t0"), 0.5)  # late, from an older batch
+    s.update(act.TaskStarted(AID, run.dispatch, "t1"), 0.5)
+    s.update(act.HostLost(run.host, run.batch), 1.0)
+    assert s.book.task_deaths == {"t1": 1}
+    _answer(s, 1.0)
+    [run] = [a for a in _answer(s, 2.0) if isinstance(a, act.Run)]
+    assert [t.task_id for t, _ in run.batch] == ["t0", "t1", "t2"], "requeued in their order"
+    s.update(act.TaskStarted(AID, run.dispatch, "t1"), 2.5)
+    s.update(act.HostLost(run.host, run.batch), 3.0)
+    assert [(r.task_id, r.status) for r in s.book.results] == [("t1", TaskStatus.FAILED)]
+    assert s.book.task_deaths == {}, "t0 and t2 were never charged"
+    assert [t.task_id for t, _ in s.registry.get(AID).queue] == ["t0", "t2"]
+
+
+def test_a_death_with_no_report_of_the_task_running_is_charged_to_the_whole_batch() -> None:
+    s = _sched(hosts=2, batch_per_agent=2)
+    run = _bound(s, _task(0), _task(1))
+    s.update(act.HostLost(run.host, run.batch), 1.0)
+    assert s.book.task_deaths == {"t0": 1, "t1": 1}, "a lost report never spares a poison task"
+
+
 def test_a_stalled_run_is_fenced_requeued_elsewhere_and_its_late_answer_discarded() -> None:
     s = _sched(hosts=2)
     run = _bound(s, _task(0), _task(1))
