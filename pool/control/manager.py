@@ -277,7 +277,8 @@ class PoolManager:
         book, ledger = self.sched.book, self.sched.ledger
         results, book.results = book.results, []
         self.metrics.tasks(r.status.value for r in results)
-        self.metrics.pool(self.sched.registry.counts(), book.queued())
+        queued = book.queued()  # a pass over the entries in use: once per drain
+        self.metrics.pool(self.sched.registry.counts(), queued)
         events = self.events.drain()
         # a restarting monitor's events come with the next drain
         with contextlib.suppress(RayError, TimeoutError):
@@ -285,7 +286,7 @@ class PoolManager:
         self.trail.feed(events)
         pressed = [{"gpu": g, "used_mib": ledger.used(self.sched.residents_on(g), g),
                     "limit_mib": round(ledger.limit_mib)} for g in sorted(self.sched.over_limit())]
-        return {"results": results, "events": events, "queued": book.queued(), "boot": self.boot,
+        return {"results": results, "events": events, "queued": queued, "boot": self.boot,
                 "pressed": pressed, "gpus": ledger.num_gpus, "paused": bool(self.sched.paused)}
 
     async def release(self, agent_id: str) -> bool:
