@@ -1,7 +1,8 @@
 """The batch driver behind `selfheal run` and `scripts/run_batch.py`.
 
 It validates the input (bad lines become `rejected` results), skips tasks already committed in
-`--out` (resumable), connects to Ray (an existing cluster, else a local one with logical GPUs),
+`--out` (resumable; a folder, or an s3:// or gs:// URI mirrored from a local copy:
+`pool.store.mirror`), connects to Ray (an existing cluster, else a local one with logical GPUs),
 starts a fresh PoolManager, feeds it the tasks, and commits every result to the task ledger as it
 arrives. At the end it writes `results.parquet`, `summary.json` and prints a summary table.
 """
@@ -12,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,18 +28,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents.config import EngineKind, Settings
-from agents.errors import UsageError
+from agents.errors import StorageError, UsageError
 from agents.events import configure_logging
 from agents.models import AgentSpec, Task
 from pool.control.manager import PoolManager
 from pool.control.slots import memory_plan
 from pool.driver.inputs import generated_agents, load_agents, read_tasks
 from pool.driver.result_schema import RESULT_SCHEMA
-from pool.driver.runs import OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
+from pool.driver.runs import Holder, OutLock, for_run, live_runs, new_run_id, shutdown_pool, split_namespace
 from pool.driver.summary import summarise
 from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
 from pool.store.journal import ResultJournal, write_jsonl
-from pool.store.location import run_root
+from pool.store.location import resolve, run_root
+from pool.store.mirror import OutMirror
 from pool.store.private import open_private, write_private
 from recovery.grade import grade
 
@@ -49,7 +52,7 @@ START_NOTICE_S = 15  # the pool's Hosts not up by then: they wait for GPU shares
 @dataclass(frozen=True)
 class RunOptions:
     tasks: Path
-    out: Path
+    out: Path | str  # a folder, or an s3:// or gs:// URI (the driver works in a local copy)
     settings: Settings
     agents: int | None = None
     agents_file: Path | None = None
@@ -57,6 +60,14 @@ class RunOptions:
     progress: bool = True
     keep_pool: bool = False  # leave the run's pool up when it ends (`selfheal stop` ends it)
     run_id: str | None = None  # the pool's namespace is <pool.namespace>-<run_id>; default: random
+
+    @property
+    def folder(self) -> Path:
+        """The local folder the run writes: `out`, or the local copy of an object-store `out`
+        (`run_batch` puts the folder in `out` before anything is written)."""
+        if not isinstance(self.out, Path):
+            raise TypeError("--out is resolved by run_batch first")
+        return self.out
 
 
 def connect(settings: Settings, address: str | None) -> None:
@@ -120,22 +131,56 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
     started = time.perf_counter()
     memory_plan(opts.settings)  # a model that is not a GGUF, a context over the budget: before Ray
     opts = replace(opts, settings=for_run(opts.settings, opts.run_id or new_run_id()))
-    lock = OutLock.acquire(opts.out, opts.settings.pool.namespace)
+    ns, where = opts.settings.pool.namespace, resolve(opts.out)
+    store_root = run_root(opts.out, opts.settings.pool.checkpoint_dir)  # URI out: URI store
+    mirror = None if where.is_local else OutMirror(where)
+    if mirror is not None:
+        mirror.acquire(ns)  # the URI's lease, then its copy pulled
     try:
-        return _run_locked(opts, lock, started)
+        opts = replace(opts, out=mirror.local if mirror else Path(where.path))
+        lock = OutLock.acquire(opts.folder, ns)
+        try:
+            if lock.stale is None and mirror is not None and mirror.stale:
+                lock.stale = Holder.of(mirror.stale)
+            return _run_locked(opts, lock, started, store_root, _pusher(mirror))
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        if mirror is not None:
+            mirror.release()
 
 
-def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, Any]:
+def _pusher(mirror: OutMirror | None) -> Callable[[bool], None]:
+    """What the driver calls after each drain (`final`: at the end): pushes an object-store
+    `--out`; a push that fails is said once and retried by the next, except the last."""
+    failed: list[str] = []
+
+    def push(final: bool) -> None:
+        if mirror is None:
+            return
+        try:
+            mirror.finish() if final else mirror.push()
+        except (OSError, StorageError) as exc:
+            if final:
+                raise StorageError(f"cannot write --out {mirror.uri}: {exc}; the run's files are "
+                                   f"in {mirror.local}") from exc
+            if not failed:
+                failed.append(str(exc))
+                Console(stderr=True).print(f"[yellow]cannot push to {mirror.uri} ({exc}); the "
+                                           f"run goes on in {mirror.local} and tries again[/]")
+
+    return push
+
+
+def _run_locked(opts: RunOptions, lock: OutLock, started: float, store_root: str,
+                push: Callable[[bool], None]) -> dict[str, Any]:
     loaded = read_tasks(opts.tasks)  # read once: the agents may come from it, then checked on it
     specs = _specs(opts, loaded.tasks)
     loaded = loaded.for_agents({s.agent_id for s in specs})
     tasks, rejected = loaded.tasks, loaded.rejected
-    ledger = ResultJournal(opts.out / "ledger.jsonl")
+    ledger = ResultJournal(opts.folder / "ledger.jsonl")
     ledger.append(rejected)
     todo = [t for t in tasks if t.task_id not in ledger]
-    store_root = _store_root(opts)
     console = Console(stderr=True)
     if ledger.notice:  # bad ledger lines were set aside: every valid record is kept
         console.print(f"[yellow]{ledger.notice}[/]")
@@ -143,32 +188,28 @@ def _run_locked(opts: RunOptions, lock: OutLock, started: float) -> dict[str, An
                   f"({len(todo)} to run, {len(ledger)} already committed), {len(specs)} agents, "
                   f"engine {opts.settings.engine.kind.value}, pool {opts.settings.pool.namespace}")
     if todo:
-        _drive(opts, specs, todo, ledger, store_root, console, lock)
+        _drive(opts, specs, todo, ledger, store_root, console, lock, push)
     rows = graded(ledger.rows(), tasks)
     ledger.close()
-    events = _read_events(opts.out / "events.jsonl")
+    events = _read_events(opts.folder / "events.jsonl")
     summary = summarise(rows, events, time.perf_counter() - started)
-    _write_results(opts.out, rows)
-    write_private(opts.out / "summary.json", json.dumps(summary, indent=2).encode())
+    _write_results(opts.folder, rows)
+    write_private(opts.folder / "summary.json", json.dumps(summary, indent=2).encode())
+    push(True)
     console.print(summary_table(summary))
     return summary
 
 
-def _store_root(opts: RunOptions) -> str:
-    """The store as the pool gets it: a URI unchanged, a path absolute (relative: under OUT)."""
-    return run_root(opts.out, opts.settings.pool.checkpoint_dir)
-
-
 def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: ResultJournal,
-           store_root: str, console: Console, lock: OutLock) -> None:
+           store_root: str, console: Console, lock: OutLock, push: Callable[[bool], None]) -> None:
     connect(opts.settings, opts.address)
     ns = opts.settings.pool.namespace
     if lock.stale is not None and shutdown_pool(lock.stale.namespace):  # a killed driver's pool
-        console.print(f"took over {opts.out} from a dead driver ({lock.stale.line()}) and shut "
+        console.print(f"took over {opts.folder} from a dead driver ({lock.stale.line()}) and shut "
                       f"its pool down")
     manager = fresh_manager(opts.settings, store_root)
     try:
-        _wait_for_results(opts, specs, todo, ledger, console, manager)
+        _wait_for_results(opts, specs, todo, ledger, console, manager, push)
     finally:
         if opts.keep_pool:
             with contextlib.suppress(RayActorError):
@@ -181,7 +222,8 @@ def _drive(opts: RunOptions, specs: list[AgentSpec], todo: list[Task], ledger: R
 
 
 def _wait_for_results(opts: RunOptions, specs: list[AgentSpec], todo: list[Task],
-                      ledger: ResultJournal, console: Console, manager: Any) -> None:
+                      ledger: ResultJournal, console: Console, manager: Any,
+                      push: Callable[[bool], None]) -> None:
     ns = opts.settings.pool.namespace
     boot = _feed(manager, specs, todo, console, ns)
     waiting = {t.task_id for t in todo}
@@ -197,7 +239,8 @@ def _wait_for_results(opts: RunOptions, specs: list[AgentSpec], todo: list[Task]
                 continue
             new = ledger.append(r for r in got["results"] if r.task_id in waiting)
             waiting.difference_update(r.task_id for r in new)
-            write_jsonl(opts.out / "events.jsonl", got["events"])
+            write_jsonl(opts.folder / "events.jsonl", got["events"])
+            push(False)
             pressed = got["pressed"]
             bar.update(job, advance=len(new), description=_describe(pressed, got["paused"]))
             if got["paused"] and not paused:
@@ -205,23 +248,23 @@ def _wait_for_results(opts: RunOptions, specs: list[AgentSpec], todo: list[Task]
                               "`selfheal resume`")
             paused = got["paused"]
             if len(pressed) == got["gpus"] and not stuck:
-                write_jsonl(opts.out / "events.jsonl", [{"event": "driver.waiting_for_memory",
+                write_jsonl(opts.folder / "events.jsonl", [{"event": "driver.waiting_for_memory",
                                                          "ts": time.time(), "gpus": pressed}])
                 console.print("[yellow]every GPU is over its memory limit[/] (another process "
                               "holds it?): tasks wait until a reading shows it freed; see "
                               "`selfheal status`")
             stuck = len(pressed) == got["gpus"]
             if got["boot"] != boot and waiting:  # the manager restarted empty: feed it again
-                write_jsonl(opts.out / "events.jsonl", [{"event": "driver.manager_restarted",
+                write_jsonl(opts.folder / "events.jsonl", [{"event": "driver.manager_restarted",
                                                          "resubmitted": len(waiting)}])
                 boot = _feed(manager, specs, [t for t in todo if t.task_id in waiting], console,
                              ns)
     got = _drain(manager)
-    write_jsonl(opts.out / "events.jsonl", got["events"] if got else [])
+    write_jsonl(opts.folder / "events.jsonl", got["events"] if got else [])
     if opts.settings.engine.kind is not EngineKind.SCRIPTED:  # the shared engines' figures
         from agents.engines.shared import engine_events
 
-        write_jsonl(opts.out / "events.jsonl", engine_events(opts.settings.pool.namespace))
+        write_jsonl(opts.folder / "events.jsonl", engine_events(opts.settings.pool.namespace))
 
 
 def _describe(pressed: list[dict[str, Any]], paused: bool) -> str:

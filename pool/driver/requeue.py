@@ -38,7 +38,7 @@ class Retried:
     requeued: int  # failed tasks sent back to the next run
     known: bool  # the store has a checkpoint of it
 
-    def line(self, out: Path) -> str:
+    def line(self, out: Path | str) -> str:
         head = "released to DORMANT" if self.released else (
             "not FAILED (unchanged)" if self.known else "unknown agent")
         tasks = (f"{self.requeued} failed task{'s' if self.requeued > 1 else ''} requeued in "

@@ -64,6 +64,12 @@ class Holder:
     def line(self) -> str:
         return f"pid {self.pid} on {self.host} (run namespace {self.namespace})"
 
+    @classmethod
+    def of(cls, d: Any) -> Holder:
+        """From its JSON record (a lock file's or an object-store lease's); ValueError,
+        TypeError or KeyError for anything else."""
+        return cls(int(d["pid"]), str(d["host"]), str(d["namespace"]), float(d["since"]))
+
 
 class OutLock:
     """The `--out` folder of one live driver. `acquire` refuses a folder in use (UsageError),
@@ -106,8 +112,7 @@ class OutLock:
 def _read_holder(fh: IO[str]) -> Holder | None:
     fh.seek(0)
     try:
-        d = json.loads(fh.read() or "null")
-        return Holder(int(d["pid"]), str(d["host"]), str(d["namespace"]), float(d["since"]))
+        return Holder.of(json.loads(fh.read() or "null"))
     except (ValueError, TypeError, KeyError):
         return None
 

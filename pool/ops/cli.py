@@ -39,9 +39,10 @@ def main() -> None:
 @main.command(help="Run the tasks of FILE on a pool of agents and write results to --out.")
 @click.option("--tasks", type=click.Path(path_type=Path), default=Path("examples/tasks.jsonl"),
               show_default=True, help="Tasks: JSONL or Parquet, one task per line.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out/run"), show_default=True,
-              help="The output, a local folder (not a URI; on a cluster, a shared mount); a "
-                   "rerun with the same folder skips committed tasks.")
+@click.option("--out", metavar="FOLDER|URI", default="out/run", show_default=True,
+              help="The output: a folder, or an s3:// or gs:// URI (the driver works in a local "
+                   "copy under ~/.cache/selfheal and pushes it there every few seconds); a rerun "
+                   "with the same --out skips committed tasks.")
 @click.option("--agents", type=click.IntRange(min=1), help="Generate N agents (agent-000000...).")
 @click.option("--agents-file", type=click.Path(path_type=Path),
               help="Agent specs (JSONL/Parquet). Default: examples/agents.jsonl beside the "
@@ -67,7 +68,7 @@ def main() -> None:
               "default a run gives the cluster its GPU shares back when it ends.")
 @click.option("--run-id", callback=lambda _c, _p, v: _run_id(v),
               help="Name the run's pool (namespace <pool.namespace>-RUN_ID); default: random.")
-def run(tasks: Path, out: Path, agents: int | None, agents_file: Path | None, config: Path | None,
+def run(tasks: Path, out: str, agents: int | None, agents_file: Path | None, config: Path | None,
         address: str | None, no_progress: bool, keep_pool: bool, run_id: str | None,
         **flags: Any) -> None:
     from agents.config import load_settings

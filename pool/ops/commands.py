@@ -106,14 +106,14 @@ def failed(address: str | None, namespace: str, run: str | None, as_json: bool) 
                     "Without it, in the live pool of --run: its next tasks activate it again.")
 @click.argument("agent_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Release every FAILED agent.")
-@click.option("--out", type=click.Path(path_type=Path),
-              help="The run's output folder (a local folder): release there and requeue the "
-                   "failed tasks.")
+@click.option("--out", metavar="FOLDER|URI",
+              help="The run's output: a folder, or the s3:// or gs:// URI it ran with. Release "
+                   "there and requeue the failed tasks.")
 @click.option("--checkpoint-dir", metavar="PATH|URI",
               help="With --out: the run's store, a folder (default OUT/checkpoints; relative: "
                    "under OUT), a file:// URI, or an s3:// or gs:// URI.")
 @pool_options
-def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_dir: str | None,
+def retry(agent_ids: tuple[str, ...], every: bool, out: str | None, checkpoint_dir: str | None,
           address: str | None, namespace: str, run: str | None) -> None:
     def go() -> None:
         if bool(agent_ids) == every:
@@ -126,12 +126,23 @@ def retry(agent_ids: tuple[str, ...], every: bool, out: Path | None, checkpoint_
     guard(go)
 
 
-def _retry_out(agent_ids: tuple[str, ...], out: Path, checkpoint_dir: str | None) -> None:
+def _retry_out(agent_ids: tuple[str, ...], out: str, checkpoint_dir: str | None) -> None:
     from pool.driver import requeue
-    from pool.store.location import run_root
+    from pool.store.location import resolve, run_root
+    from pool.store.mirror import OutMirror
 
     root = run_root(out, checkpoint_dir or "checkpoints")  # a URI as it is; a path under OUT
-    done = requeue.retry_offline(out, root, list(agent_ids) or None)
+    where = resolve(out)
+    if where.is_local:
+        done = requeue.retry_offline(Path(where.path), root, list(agent_ids) or None)
+    else:  # on the run's local copy, pulled, then pushed back under its lease
+        mirror = OutMirror(where)
+        mirror.acquire("selfheal-retry")
+        try:
+            done = requeue.retry_offline(mirror.local, root, list(agent_ids) or None)
+            mirror.finish()
+        finally:
+            mirror.release()
     for r in done:
         click.echo(r.line(out))
     if not agent_ids and not done:

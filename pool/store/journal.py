@@ -50,7 +50,8 @@ class ResultJournal:
 
     def __init__(self, path: str | Path) -> None:
         """`path`: the ledger in `--out`, a local path or file:// URI: its appends and the
-        `--out` lock need POSIX, so an object store is refused in one line."""
+        `--out` lock need POSIX, so an object store is refused in one line (an object-store
+        `--out` is a local copy the driver mirrors: `pool.store.mirror`)."""
         self.path = path = resolve(path).local_path("--out")
         self.records: dict[str, TaskResult] = {}
         self.quarantined = 0  # bad lines this load set aside

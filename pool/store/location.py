@@ -87,13 +87,17 @@ def open_root(root: str | Path, filesystem: pafs.FileSystem | None = None) -> tu
     return ObjectFiles(where.filesystem()), PurePosixPath(where.path)
 
 
-def run_root(out: Path, root: str) -> str:
+def run_root(out: Path | str, root: str) -> str:
     """The store root of a run whose `--out` is `out`, as the string the driver hands the pool:
     a URI as it is (it names the same store on every node); a path made absolute, a relative one
-    under `out` (a Host on another node must not read it against its own working folder)."""
+    under `out` (a Host on another node must not read it against its own working folder): for an
+    object-store `out`, the URI under it."""
     where = resolve(root)
     if not where.is_local:
         return root
     local = Path(where.path)
+    if not local.is_absolute() and not (base := resolve(out)).is_local:
+        return f"{base.uri.rstrip('/')}/{local.as_posix()}"
+    out = Path(resolve(out).path)
     joined = resolve(local if local.is_absolute() else out / local)  # refuses OUT/s3:/...
     return str(Path(joined.path).resolve())

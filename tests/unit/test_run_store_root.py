@@ -11,14 +11,13 @@ from click.testing import CliRunner
 
 from agents.config import load_settings
 from pool.driver import batch
-from pool.driver.batch import RunOptions
 from pool.ops.cli import main
+from pool.store.location import run_root
 
 
-def _root(out: Path, where: str | None) -> str:
+def _root(out: Path | str, where: str | None) -> str:
     overrides = {"pool": {"checkpoint_dir": where}} if where is not None else {}
-    opts = RunOptions(tasks=out / "tasks.jsonl", out=out, settings=load_settings(None, overrides))
-    return batch._store_root(opts)
+    return run_root(out, load_settings(None, overrides).pool.checkpoint_dir)
 
 
 @pytest.mark.parametrize("uri", ["s3://bucket/selfheal", "gs://bucket/x/y", "mock:///m"])
@@ -34,6 +33,13 @@ def test_a_path_is_resolved_and_a_relative_one_is_under_out(tmp_path: Path,
     assert _root(out, "ck/x") == str(tmp_path / "runs/a/ck/x")
     assert _root(out, str(tmp_path / "abs")) == str(tmp_path / "abs")
     assert _root(out, f"file://{tmp_path}/f") == str(tmp_path / "f")
+    assert _root(f"file://{tmp_path}/runs/b", None) == str(tmp_path / "runs/b/checkpoints")
+
+
+def test_an_object_store_out_keeps_a_relative_store_under_its_uri() -> None:
+    assert _root("s3://bucket/runs/a/", None) == "s3://bucket/runs/a/checkpoints"
+    assert _root("gs://bucket/r", "ck/x") == "gs://bucket/r/ck/x"
+    assert _root("gs://bucket/r", "s3://other/store") == "s3://other/store"
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *flags: str) -> tuple[Any, list[Any]]:
@@ -62,11 +68,11 @@ def test_selfheal_run_refuses_a_bad_store_scheme_in_one_line(
 
 
 @pytest.mark.parametrize("command", ["run", "retry"])
-def test_help_says_the_store_takes_a_uri_and_out_is_local(command: str) -> None:
+def test_help_says_the_store_and_out_take_a_uri(command: str) -> None:
     text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split("Options:")[1].split())
     store = text.split("--checkpoint-dir")[1]
     assert "s3://" in store and "gs://" in store
-    assert "local folder" in text.split("--out")[1].split("--")[0]
+    assert "s3:// or gs:// URI" in text.split("--out")[1].split("--")[0]
 
 
 def test_retry_out_passes_a_store_uri_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
