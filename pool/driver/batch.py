@@ -141,12 +141,15 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
         lock = OutLock.acquire(opts.folder, ns)
         try:
             if lock.stale is None and mirror is not None and mirror.stale:
-                lock.stale = Holder.of(mirror.stale)
+                with contextlib.suppress(ValueError, TypeError, KeyError):  # a lease not ours
+                    lock.stale = Holder.of(mirror.stale)
             return _run_locked(opts, lock, started, store_root, _pusher(mirror))
         finally:
             lock.release()
     finally:
         if mirror is not None:
+            with contextlib.suppress(OSError, StorageError):  # a run cut short: what it committed
+                mirror.push(force=True)
             mirror.release()
 
 

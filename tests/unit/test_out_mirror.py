@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 import pytest
@@ -105,3 +105,27 @@ def test_the_same_machine_rebuilds_its_copy_from_the_uri(bucket: ObjectFiles, tm
     assert again.local == first.local
     assert (again.local / "ledger.jsonl").read_text() == '{"t": 1}\n'
     assert not (again.local / "results.parquet").exists(), "the URI has none yet"
+
+
+def test_a_run_cut_short_pushes_what_it_committed_and_frees_the_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.config import load_settings
+    from pool.driver import batch
+    from pool.store.location import Location
+
+    fs = pafs.FileSystem.from_uri("mock:///")[0]
+    monkeypatch.setattr(Location, "filesystem", lambda self: fs)
+    monkeypatch.setenv("SELFHEAL_CACHE", str(tmp_path))
+
+    def cut_short(opts: batch.RunOptions, *_: object) -> None:
+        _append(opts.folder / "ledger.jsonl", '{"t": 1}')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_run_locked", cut_short)
+    settings = load_settings(overrides={"engine": {"kind": "scripted"}})
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_batch(batch.RunOptions(tasks=tmp_path / "t.jsonl", out="mock:///r", settings=settings))
+    bucket = ObjectFiles(fs)
+    assert bucket.get(PurePosixPath("r/ledger.d/000000000000.jsonl")) == b'{"t": 1}\n'
+    assert not bucket.exists(PurePosixPath("r") / m.LEASE), "the next driver need not wait"
