@@ -10,12 +10,19 @@ caching on (its 8 GiB host-RAM prompt cache too), the same GGUF and threads. One
 task on both sides, no task asked twice. Both sides alternate, repetition by repetition, after
 an untimed warm-up each; one pool serves every repetition (fresh task ids each time), so Host
 start-up, model loading and first activations are outside the timings on both sides.
+
+Where the CPU goes during the pool's rounds (`cpu_split`): the seconds of CPU each process of the
+machine used, the engine actor's against everything else (the manager, Hosts, monitor, Ray's own
+daemons, the driver). llama-server's rounds run in this process and nothing else is busy, so its
+engine has the machine to itself; on a machine as small as the pool's test one, the pool's other
+processes' share is what its engine loses.
 """
 
 from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -107,14 +114,18 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     server = LlamaServerCore(cfg.engine.model_copy(update={"prompt_cache_mib": SERVER_CACHE_MIB}), slots=k)
     rows: dict[str, list[float]] = {"pool_tasks_per_s": [], "server_tasks_per_s": [],
                                     "pool_latency_p50_s": [], "server_latency_p50_s": [],
-                                    "pool_latency_p95_s": [], "server_latency_p95_s": []}
+                                    "pool_latency_p95_s": [], "server_latency_p95_s": [],
+                                    "pool_engine_cpu_share": []}
     try:
         pool.register(specs)
         say(f"  real model: {len(warm)} untimed tasks on both sides (engine load, first activations)")
         pool.run(warm)
         _serve(server, k, [_request(t, by_id[t.agent_id]) for t in warm])
         for rep, batch in enumerate(rounds):
+            before = cpu_seconds()
             wall = pool.run(batch)
+            split = cpu_split(before, cpu_seconds())
+            rows["pool_engine_cpu_share"].append(split["engine_share"])
             done = [pool.results[t.task_id] for t in batch if t.task_id in pool.results]
             lat = stats([r.elapsed_s for r in done])
             rows["pool_tasks_per_s"].append(len(done) / wall)
@@ -125,7 +136,8 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
             rows["server_latency_p50_s"].append(s_lat["p50"])
             rows["server_latency_p95_s"].append(s_lat["p95"])
             say(f"  real model rep {rep + 1} / {reps}: pool {rows['pool_tasks_per_s'][-1]:.2f} "
-                f"tasks/s, llama-server {rows['server_tasks_per_s'][-1]:.2f} tasks/s")
+                f"tasks/s, llama-server {rows['server_tasks_per_s'][-1]:.2f} tasks/s; in the pool's "
+                f"round its engine had {split['engine_share']:.0%} of the CPU used ({split['line']})")
     finally:
         pool.stop()
         server.close()
@@ -167,3 +179,37 @@ def _serve(server: Any, slots: int, reqs: list[GenRequest]) -> tuple[float, dict
     with ThreadPoolExecutor(slots) as ex:
         latencies = list(ex.map(one, reqs))
     return time.perf_counter() - started, stats(latencies)
+
+
+ENGINE_PROCESS = "ray::LlamaEngineActor"  # the shared llama.cpp engine's actor, as `ps` names it
+
+
+def cpu_seconds() -> dict[int, tuple[float, str]]:
+    """pid -> (CPU seconds so far, its name as `ps` shows it) for every process of the machine."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            t = p.cpu_times()
+            out[p.pid] = (t.user + t.system, " ".join(p.info["cmdline"] or [p.info["name"] or ""]))
+        except (psutil.Error, OSError):  # gone, or not ours to read
+            continue
+    return out
+
+
+def cpu_split(before: Mapping[int, tuple[float, str]], after: Mapping[int, tuple[float, str]],
+              engine: Callable[[str], bool] = lambda name: name.startswith(ENGINE_PROCESS)) -> dict[str, Any]:
+    """The CPU seconds used between two `cpu_seconds` readings: the engine's, the rest's (the
+    three biggest named), and the engine's share of all of it."""
+    used: dict[str, float] = {}
+    for pid, (t, name) in after.items():
+        key = name.split()[0] if name else str(pid)
+        used[key] = used.get(key, 0.0) + max(0.0, t - before.get(pid, (0.0, ""))[0])
+    mine = sum(v for k, v in used.items() if engine(k))
+    total = sum(used.values())
+    rest = sorted(((v, k) for k, v in used.items() if not engine(k)), reverse=True)
+    line = f"engine {mine:.1f} s, the rest {total - mine:.1f} s: " + ", ".join(
+        f"{k.rsplit('/', 1)[-1]} {v:.1f}" for v, k in rest[:3])
+    return {"engine_s": mine, "total_s": total, "engine_share": mine / total if total else 0.0,
+            "line": line}

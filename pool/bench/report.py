@@ -108,6 +108,8 @@ def _overhead(res: dict[str, Any]) -> list[Row]:
             ("pool vs llama-server", "task latency p50 / p95 ratio",
              f"{_f(r['ratio_latency_p50'], '{:.2f}')}x / {_f(r['ratio_latency_p95'], '{:.2f}')}x",
              "<= 1.3x", _check(r["ratio_latency_p50"], lambda v: v <= 1.3)),
+            ("pool vs llama-server", "pool's engine share of the CPU used in its rounds (p50)",
+             f"{_f(r.get('pool_engine_cpu_share', {}).get('p50'), '{:.0%}')}", "", None),
         ]
     return rows
 
