@@ -11,11 +11,11 @@ does not give, so a driver given `--out s3://bucket/run` (or gs://) works in a l
   once written, is never written again. The driver pushes every `PUSH_S` seconds, so a driver
   killed with its machine loses at most that much work, which runs again.
 - `finish` pushes the rest, then `results.parquet` and `summary.json` whole.
-A lease object (`driver.lease`: host, pid, namespace, refreshed by every push) stands in for the
-local `--out` flock: a driver refuses a URI whose lease is fresher than `LEASE_S` and takes over an
-older one (its holder is gone; `stale` names the pool it left). `pyarrow.fs` offers no atomic
-create, so two drivers starting in the same instant can both take the lease: it guards against
-mistakes, not races.
+A lease object (`driver.lease`: host, pid, namespace, refreshed every `LEASE_S / 4` by a thread
+of the driver while it holds it) stands in for the local `--out` flock: a driver refuses a URI
+whose lease is fresher than `LEASE_S` and takes over an older one (its holder is gone; `stale`
+names the pool it left). `pyarrow.fs` offers no atomic create, so two drivers starting in the
+same instant can both take the lease: it guards against mistakes, not races.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
+import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -39,6 +41,7 @@ WHOLE: Final = ("results.parquet", "summary.json")  # written once at the end of
 LEASE: Final = "driver.lease"
 LEASE_S: Final = 120.0  # a lease older than this belongs to a driver that is gone
 PUSH_S: Final = 5.0  # the driver's pushes, at most this far apart
+SEGMENT: Final = re.compile(r"\d{12}\.jsonl")  # a log's objects: anything else there is not ours
 
 
 def cache_root() -> Path:
@@ -57,33 +60,48 @@ class OutMirror:
         self._segments: dict[str, int] = {}  # log name -> number of its next segment
         self._pushed_at = 0.0
         self._me: dict[str, Any] = {}
+        self._held = threading.Event()  # set while this driver holds the lease
         self.stale: dict[str, Any] | None = None  # the lease a gone driver left, if any
 
     # -- lease --------------------------------------------------------------------------------
     def acquire(self, namespace: str) -> None:
         """Take the URI's lease (UsageError when a live driver holds it), then pull."""
         held = self._lease()
-        if held is not None and time.time() - float(held.get("ts", 0)) < LEASE_S:
+        if held is not None and (age := time.time() - held["ts"]) < LEASE_S:
             raise UsageError(f"--out {self.uri} is in use by a driver (pid {held.get('pid')} on "
-                             f"{held.get('host')}, seen {time.time() - float(held['ts']):.0f} s ago)")
+                             f"{held.get('host')}, seen {age:.0f} s ago)")
         self.stale = held
         self._me = {"pid": os.getpid(), "host": socket.gethostname(), "namespace": namespace,
                     "since": time.time()}
         for folder in (self.root, *(self.root / _folder(n) for n in LOGS)):
             self.files.make_dir(folder)
         self._write_lease()
+        self._held.set()
+        threading.Thread(target=self._keep, name="out-lease", daemon=True).start()
         self.pull()
 
+    def _keep(self) -> None:
+        """Refresh the lease while it is held: a driver busy elsewhere (registering a million
+        agents, say) for longer than `LEASE_S` must not look gone."""
+        while self._held.is_set():
+            time.sleep(LEASE_S / 4)
+            if self._held.is_set():
+                with contextlib.suppress(OSError, StorageError):  # the next refresh tries again
+                    self._write_lease()
+
     def release(self) -> None:
+        self._held.clear()
         with contextlib.suppress(OSError, StorageError):  # an old lease expires by itself
             self.files.delete(self.root / LEASE)
 
     def _lease(self) -> dict[str, Any] | None:
+        """The lease there, its `ts` a number; None when there is none or it does not parse."""
         try:
             held = json.loads(self.files.get(self.root / LEASE))
-        except (OSError, ValueError, StorageError):
+            held["ts"] = float(held["ts"])
+        except (OSError, ValueError, TypeError, KeyError, StorageError):
             return None
-        return held if isinstance(held, dict) and "ts" in held else None
+        return held if isinstance(held, dict) else None
 
     def _write_lease(self) -> None:
         self.files.put_small(self.root / LEASE, json.dumps({**self._me, "ts": time.time()}).encode())
@@ -95,7 +113,7 @@ class OutMirror:
         self.local.mkdir(parents=True, exist_ok=True, mode=0o700)
         for name in LOGS:
             folder = self.root / _folder(name)
-            names = sorted(n for n in self.files.names(folder) if n.endswith(".jsonl"))
+            names = sorted(n for n in self.files.names(folder) if SEGMENT.fullmatch(n))
             data = b"".join(self._segment(folder / n) for n in names)
             _replace(self.local / name, data if names else None)
             self._sent[name] = len(data)
@@ -129,7 +147,6 @@ class OutMirror:
             self.files.put(self.root / _folder(name) / f"{n:012d}.jsonl", new)
             self._segments[name], self._sent[name] = n + 1, self._sent.get(name, 0) + len(new)
             sent += len(new)
-        self._write_lease()
         return sent
 
     def finish(self) -> None:

@@ -129,3 +129,39 @@ def test_a_run_cut_short_pushes_what_it_committed_and_frees_the_uri(
     bucket = ObjectFiles(fs)
     assert bucket.get(PurePosixPath("r/ledger.d/000000000000.jsonl")) == b'{"t": 1}\n'
     assert not bucket.exists(PurePosixPath("r") / m.LEASE), "the next driver need not wait"
+
+
+def test_a_lease_that_does_not_parse_is_taken_over_and_a_foreign_object_is_not_a_segment(
+    bucket: ObjectFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = resolve(URI)
+    base = PurePosixPath(root.path)
+    bucket.make_dir(base / "ledger.d")
+    bucket.put(base / m.LEASE, b'{"ts": "yesterday"}')
+    bucket.put(base / "ledger.d" / "000000000000.jsonl", b'{"t": 1}\n')
+    bucket.put(base / "ledger.d" / "notes.jsonl", b"not a segment\n")
+    out = _driver(bucket, tmp_path, monkeypatch)
+    assert out.stale is None, "no lease that parses: nothing to take down"
+    assert (out.local / "ledger.jsonl").read_text() == '{"t": 1}\n'
+    _append(out.local / "ledger.jsonl", '{"t": 2}')
+    out.push(force=True)
+    assert bucket.get(base / "ledger.d" / "000000000001.jsonl") == b'{"t": 2}\n'
+    out.release()
+
+
+def test_the_lease_is_kept_fresh_while_held_and_left_alone_once_released(
+    bucket: ObjectFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver busy for longer than LEASE_S (registering a million agents) still holds it."""
+    monkeypatch.setattr(m, "LEASE_S", 0.2)  # refreshed every 0.05 s
+    out = _driver(bucket, tmp_path, monkeypatch)
+    old = {**json.loads(bucket.get(out.root / m.LEASE)), "ts": 0.0}
+    bucket.put(out.root / m.LEASE, json.dumps(old).encode())
+    deadline = time.monotonic() + 10
+    while json.loads(bucket.get(out.root / m.LEASE))["ts"] == 0.0:
+        assert time.monotonic() < deadline, "the lease was never refreshed"
+        time.sleep(0.01)
+    out.release()
+    assert not bucket.exists(out.root / m.LEASE)
+    time.sleep(0.3)  # a refresher still running would write it back
+    assert not bucket.exists(out.root / m.LEASE), "released: nothing refreshes it"
