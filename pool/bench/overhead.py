@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -198,17 +198,17 @@ def cpu_seconds() -> dict[int, tuple[float, str]]:
     return out
 
 
-def cpu_split(before: Mapping[int, tuple[float, str]], after: Mapping[int, tuple[float, str]],
-              engine: Callable[[str], bool] = lambda name: name.startswith(ENGINE_PROCESS)) -> dict[str, Any]:
+def cpu_split(before: Mapping[int, tuple[float, str]],
+              after: Mapping[int, tuple[float, str]]) -> dict[str, Any]:
     """The CPU seconds used between two `cpu_seconds` readings: the engine's, the rest's (the
     three biggest named), and the engine's share of all of it."""
     used: dict[str, float] = {}
     for pid, (t, name) in after.items():
         key = name.split()[0] if name else str(pid)
         used[key] = used.get(key, 0.0) + max(0.0, t - before.get(pid, (0.0, ""))[0])
-    mine = sum(v for k, v in used.items() if engine(k))
+    mine = sum(v for k, v in used.items() if k.startswith(ENGINE_PROCESS))
     total = sum(used.values())
-    rest = sorted(((v, k) for k, v in used.items() if not engine(k)), reverse=True)
+    rest = sorted(((v, k) for k, v in used.items() if not k.startswith(ENGINE_PROCESS)), reverse=True)
     line = f"engine {mine:.1f} s, the rest {total - mine:.1f} s: " + ", ".join(
         f"{k.rsplit('/', 1)[-1]} {v:.1f}" for v, k in rest[:3])
     return {"engine_s": mine, "total_s": total, "engine_share": mine / total if total else 0.0,

@@ -39,8 +39,8 @@ from pool.driver.runs import Holder, OutLock, for_run, live_runs, new_run_id, sh
 from pool.driver.summary import summarise
 from pool.runtime.actors import MANAGER_NAME, MONITOR_NAME
 from pool.store.journal import ResultJournal, write_jsonl
-from pool.store.location import resolve, run_root
-from pool.store.mirror import OutMirror
+from pool.store.location import run_root
+from pool.store.mirror import OutMirror, held_out
 from pool.store.private import open_private, write_private
 from recovery.grade import grade
 
@@ -131,14 +131,11 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
     started = time.perf_counter()
     memory_plan(opts.settings)  # a model that is not a GGUF, a context over the budget: before Ray
     opts = replace(opts, settings=for_run(opts.settings, opts.run_id or new_run_id()))
-    ns, where = opts.settings.pool.namespace, resolve(opts.out)
+    ns = opts.settings.pool.namespace
     store_root = run_root(opts.out, opts.settings.pool.checkpoint_dir)  # URI out: URI store
-    mirror = None if where.is_local else OutMirror(where)
-    if mirror is not None:
-        mirror.acquire(ns)  # the URI's lease, then its copy pulled
-    try:
-        opts = replace(opts, out=mirror.local if mirror else Path(where.path))
-        lock = OutLock.acquire(opts.folder, ns)
+    with held_out(opts.out, ns) as (folder, mirror):
+        opts = replace(opts, out=folder)
+        lock = OutLock.acquire(folder, ns)
         try:
             if lock.stale is None and mirror is not None and mirror.stale:
                 with contextlib.suppress(ValueError, TypeError, KeyError):  # a lease not ours
@@ -146,11 +143,9 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
             return _run_locked(opts, lock, started, store_root, _pusher(mirror))
         finally:
             lock.release()
-    finally:
-        if mirror is not None:
-            with contextlib.suppress(OSError, StorageError):  # a run cut short: what it committed
-                mirror.push(force=True)
-            mirror.release()
+            if mirror is not None:
+                with contextlib.suppress(OSError, StorageError):  # a run cut short: what it committed
+                    mirror.push(force=True)
 
 
 def _pusher(mirror: OutMirror | None) -> Callable[[bool], None]:

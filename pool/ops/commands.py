@@ -9,7 +9,6 @@ They join the cluster `ray start` started (or `--address` / `$RAY_ADDRESS`) and 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -128,21 +127,14 @@ def retry(agent_ids: tuple[str, ...], every: bool, out: str | None, checkpoint_d
 
 def _retry_out(agent_ids: tuple[str, ...], out: str, checkpoint_dir: str | None) -> None:
     from pool.driver import requeue
-    from pool.store.location import resolve, run_root
-    from pool.store.mirror import OutMirror
+    from pool.store.location import run_root
+    from pool.store.mirror import held_out
 
     root = run_root(out, checkpoint_dir or "checkpoints")  # a URI as it is; a path under OUT
-    where = resolve(out)
-    if where.is_local:
-        done = requeue.retry_offline(Path(where.path), root, list(agent_ids) or None)
-    else:  # on the run's local copy, pulled, then pushed back under its lease
-        mirror = OutMirror(where)
-        mirror.acquire("selfheal-retry")
-        try:
-            done = requeue.retry_offline(mirror.local, root, list(agent_ids) or None)
+    with held_out(out, "selfheal-retry") as (folder, mirror):  # a URI: its copy, pushed back
+        done = requeue.retry_offline(folder, root, list(agent_ids) or None)
+        if mirror is not None:
             mirror.finish()
-        finally:
-            mirror.release()
     for r in done:
         click.echo(r.line(out))
     if not agent_ids and not done:

@@ -71,19 +71,22 @@ class HostActor:
         """Tell the manager a move of the agent's state during a batch. Never waited for and
         never the batch's failure: a lost report is only a late view (the batch's reply carries
         the state it ended in)."""
-        if not self.dispatch or (manager := self._manager_handle()) is None:
-            return
-        with contextlib.suppress(RayError):
-            manager.report_state.remote(agent_id, self.dispatch, state.value)
+        self._tell("report_state", agent_id, state.value)
 
     def _report_task(self, agent_id: str, task_id: str) -> None:
         """Tell the manager which task of a batch of several starts a step, so that this
         process dying there is charged to it alone (fire-and-forget; a lost report charges the
         whole batch, as when nothing was said)."""
-        if self.batch_size < 2 or not self.dispatch or (manager := self._manager_handle()) is None:
+        if self.batch_size > 1:
+            self._tell("report_task", agent_id, task_id)
+
+    def _tell(self, method: str, agent_id: str, what: str) -> None:
+        """Call the manager's `method` with the batch's dispatch number, never waited for; not
+        outside a batch the manager dispatched, nor without a manager."""
+        if not self.dispatch or (manager := self._manager_handle()) is None:
             return
         with contextlib.suppress(RayError):
-            manager.report_task.remote(agent_id, self.dispatch, task_id)
+            getattr(manager, method).remote(agent_id, self.dispatch, what)
 
     def _manager_handle(self) -> Any:
         """The pool manager's handle, looked up once (a detached actor named in our namespace)."""

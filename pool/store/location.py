@@ -95,9 +95,8 @@ def run_root(out: Path | str, root: str) -> str:
     where = resolve(root)
     if not where.is_local:
         return root
-    local = Path(where.path)
-    if not local.is_absolute() and not (base := resolve(out)).is_local:
+    local, base = Path(where.path), resolve(out)
+    if not local.is_absolute() and not base.is_local:
         return f"{base.uri.rstrip('/')}/{local.as_posix()}"
-    out = Path(resolve(out).path)
-    joined = resolve(local if local.is_absolute() else out / local)  # refuses OUT/s3:/...
+    joined = resolve(local if local.is_absolute() else Path(base.path) / local)  # refuses OUT/s3:/...
     return str(Path(joined.path).resolve())

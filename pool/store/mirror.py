@@ -28,12 +28,13 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from agents.errors import StorageError, UsageError
 from pool.store.files import ObjectFiles
-from pool.store.location import Location
+from pool.store.location import Location, resolve
 from pool.store.private import write_private
 
 LOGS: Final = ("ledger.jsonl", "events.jsonl")  # append-only: pushed as new lines, by segment
@@ -46,6 +47,23 @@ SEGMENT: Final = re.compile(r"\d{12}\.jsonl")  # a log's objects: anything else 
 
 def cache_root() -> Path:
     return Path(os.environ.get("SELFHEAL_CACHE") or Path.home() / ".cache" / "selfheal")
+
+
+@contextlib.contextmanager
+def held_out(out: str | Path, namespace: str) -> Iterator[tuple[Path, OutMirror | None]]:
+    """The local folder that a run or a retry on `--out` writes, and its mirror: a folder is
+    itself (no mirror); an object-store URI is its copy, pulled under the URI's lease, which is
+    released on the way out (pushing is the caller's: a run pushes as it goes)."""
+    where = resolve(out)
+    if where.is_local:
+        yield Path(where.path), None
+        return
+    mirror = OutMirror(where)
+    mirror.acquire(namespace)  # the URI's lease, then its copy pulled
+    try:
+        yield mirror.local, mirror
+    finally:
+        mirror.release()
 
 
 class OutMirror:
@@ -97,11 +115,11 @@ class OutMirror:
     def _lease(self) -> dict[str, Any] | None:
         """The lease there, its `ts` a number; None when there is none or it does not parse."""
         try:
-            held = json.loads(self.files.get(self.root / LEASE))
-            held["ts"] = float(held["ts"])
+            held: dict[str, Any] = json.loads(self.files.get(self.root / LEASE))
+            held["ts"] = float(held["ts"])  # TypeError for a lease that is not an object
         except (OSError, ValueError, TypeError, KeyError, StorageError):
             return None
-        return held if isinstance(held, dict) else None
+        return held
 
     def _write_lease(self) -> None:
         self.files.put_small(self.root / LEASE, json.dumps({**self._me, "ts": time.time()}).encode())
