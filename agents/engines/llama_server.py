@@ -151,7 +151,9 @@ class LlamaServerCore:
         # joins slot_save_path and a file name as strings: the path must end with a separator
         self._key = secrets.token_urlsafe(24)
         self.tokens = [0] * slots  # tokens each slot holds
-        self.lock = threading.Lock()  # slot files are named per slot; one action per slot at a time
+        # slot files are named per slot: one action per slot at a time; slots do not wait for
+        # each other (llama-server takes the actions of several slots in one pass of its loop)
+        self.locks = [threading.Lock() for _ in range(slots)]
         tap = _tap()
         p = xl.CommonParams()
         p.model.path = str(self.model_path)
@@ -262,7 +264,7 @@ class LlamaServerCore:
         if not self.tokens[slot]:
             return None
         name = f"slot-{slot}.bin"
-        with self.lock:
+        with self.locks[slot]:
             self._action(slot, "save", name)
             path = self._dir / name
             try:
@@ -275,7 +277,7 @@ class LlamaServerCore:
         """Load a snapshot into the slot (None or a foreign snapshot: empty it); tokens restored."""
         self._check_slot(slot)
         data = self._parse(blob) if blob else None
-        with self.lock:
+        with self.locks[slot]:
             self.tokens[slot] = self._restore(slot, data) if data is not None else 0
             if not self.tokens[slot]:
                 self._action(slot, "erase")

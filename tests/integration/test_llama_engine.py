@@ -7,6 +7,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,30 @@ def test_slot_save_restore_round_trips_and_cuts_prompt_evaluation(core: LlamaSer
     warm = core.generate(req, slot=2)
     assert warm.extra["prompt_evaluated"] <= 2, warm.extra  # persona + memory came from the snapshot
     assert warm.text == first.text  # same KV, temperature 0: same answer
+
+
+def test_slot_actions_of_different_slots_do_not_wait_for_each_other(
+    core: LlamaServerCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A swap of agents on one slot must not queue behind the swaps of the others: the actions of
+    # slot 4 are held until slot 5's action has started, which a lock over all slots forbids.
+    for slot in (4, 5):
+        core.generate(_req("Say hi."), slot=slot)
+    real, started = core._action, {4: threading.Event(), 5: threading.Event()}
+
+    def action(slot: int, what: str, filename: str | None = None) -> dict[str, Any]:
+        started[slot].set()
+        if slot == 4:
+            assert started[5].wait(10), "slot 5's action waited for slot 4's"
+        return real(slot, what, filename)
+
+    monkeypatch.setattr(core, "_action", action)
+    with ThreadPoolExecutor(2) as ex:
+        blobs = list(ex.map(core.save_slot, (4, 5)))
+    assert all(b is not None for b in blobs)
+    with ThreadPoolExecutor(2) as ex:
+        restored = list(ex.map(core.restore_slot, (4, 5), blobs))
+    assert min(restored) > 0
 
 
 def test_a_foreign_or_torn_snapshot_empties_the_slot_instead_of_loading(core: LlamaServerCore) -> None:
