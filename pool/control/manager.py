@@ -68,6 +68,7 @@ class PoolManager:
                 ray.get_runtime_context().get_node_id(), soft=False),  # beside the manager
         ).remote(settings, store_root)  # its dead-letter table lives in the store
         self._wake = asyncio.Event()
+        self._results = asyncio.Event()  # set when results wait for a drain
         self.gpu = GpuControl(self.sched, self.clients, self.store, self.cfg, self._wake.set)
         self.trail = AgentTrail()  # recent events per agent, for `selfheal inspect`
         self.views = Views(self.sched, self.store, self.monitor, self.trail, self.metrics)
@@ -148,6 +149,8 @@ class PoolManager:
         self.sched.update(outcome, time.monotonic())
         if isinstance(outcome, act.Bound | act.Parked):
             self.views.note_residency()
+        if self.sched.book.results:
+            self._results.set()
         self._wake.set()
 
     def _spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -272,9 +275,17 @@ class PoolManager:
         """The run ended with `--keep-pool`: never reap this pool (`selfheal stop` ends it)."""
         self.kept = True
 
-    async def drain(self) -> dict[str, Any]:
+    async def drain(self, wait_s: float = 0.0) -> dict[str, Any]:
+        """Results and events since the last drain. With `wait_s`, a drain that finds no result
+        waits for one that long at most (a long poll: a caller gets results as they come without
+        asking many times a second)."""
         self.drained = time.monotonic()
         book, ledger = self.sched.book, self.sched.ledger
+        if wait_s > 0 and not book.results:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._results.wait(), wait_s)
+            self.drained = time.monotonic()
+        self._results.clear()
         results, book.results = book.results, []
         self.metrics.tasks(r.status.value for r in results)
         queued = book.queued()  # a pass over the entries in use: once per drain

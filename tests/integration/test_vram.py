@@ -229,3 +229,20 @@ def test_a_pause_outlives_a_manager_restart(two_gpus: None, tmp_path: Path) -> N
     assert all(r.status.value == "succeeded" for r in results), [r.error for r in results]
     assert not (tmp_path / "ckpt" / "paused.json").exists()
     ray.kill(manager, no_restart=True)
+
+
+def test_a_drain_that_waits_returns_as_soon_as_a_result_is_there(two_gpus: None, tmp_path: Path) -> None:
+    # The benchmark's long poll: one drain asked to wait up to 60 s for a task that takes a
+    # second or so (0.4 s steps) comes back with its result, not empty and not after 60 s.
+    import ray
+
+    manager = fresh_manager(_settings(step_cost_s=0.4), tmp_path / "ckpt")
+    ray.get(manager.start.remote())
+    ray.get(manager.register.remote([AgentSpec(agent_id="a0")]))
+    assert ray.get(manager.drain.remote(0.2))["results"] == []  # nothing to wait for: 0.2 s
+    ray.get(manager.submit.remote(_tasks("poll", 1)[:1]))
+    started = time.monotonic()
+    got = ray.get(manager.drain.remote(60.0))
+    assert [r.task_id for r in got["results"]] == ["poll-0"]
+    assert 0.3 < time.monotonic() - started < 30
+    ray.kill(manager, no_restart=True)
