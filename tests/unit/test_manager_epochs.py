@@ -80,7 +80,7 @@ def _manager(root: Path, **hosts: Any) -> Any:
     m.events, m.views = m.sched.events, _Views()
     m.clients = {"h0": HostClient(_Actor(**hosts), "h0", 5)}
     m.monitor = _Actor(release=True, mark_failed=None)
-    m._wake = asyncio.Event()
+    m._wake, m._results = asyncio.Event(), asyncio.Event()
     return m
 
 
