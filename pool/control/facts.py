@@ -36,3 +36,8 @@ class HostSlot:
     @property
     def busy(self) -> bool:
         return bool(self.call)
+
+    @property
+    def empty(self) -> bool:
+        """Alive, holding no agent and doing nothing: an agent can be bound here."""
+        return self.agent is None and not self.busy and not self.dead and not self.reviving

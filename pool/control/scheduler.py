@@ -9,9 +9,10 @@ written, a device reading, a Host's mid-batch reports (state moves, the task it 
 PoolManager carries actions out through `pool.control.hosts.HostClient` and feeds every reply
 back; it decides nothing. Facts: one `Entry` per agent in the registry, one `HostSlot` per Host,
 the VRAM ledger, paused GPUs; queues, results and deaths per task in the `AgentBook`, through
-which every state change goes (the transition table). A plan that parks waits for its parks
-before the next plan, so a demand never evicts twice. `tests/unit/test_scheduler_props.py` holds
-it to the budget, the slot cap, the table and every task in one place across random events.
+which every state change goes (the transition table). No plan parks while parks are in flight
+(a demand never evicts twice), but a Host a park emptied takes the next in line at once.
+`tests/unit/test_scheduler_props.py` holds it to the budget, the slot cap, the table and every
+task in one place across random events.
 """
 
 from __future__ import annotations
@@ -67,15 +68,15 @@ class Scheduler:
             self.retry_at = None
         if self.paused:  # the GPUs are given back: work waits for `resume`
             return out
-        # A just-bound agent runs its work before any plan: else it could be parked for the next
-        # one in line before its task ran (bind, park, bind: thrash). Others with work may be
-        # parked for an agent of equal or higher priority (the plan's eviction order), then run.
+        # A just-bound agent runs its work before any plan (else: bind, park, bind: thrash). Others
+        # with work may be parked for an agent of equal or higher priority (the eviction order).
         out += self._dispatch_all(now, fresh_only=True)
-        if not any(h.call == "park" for h in self.hosts):  # a plan's parks come back first
-            free = sum(1 for h in self.hosts if not h.busy)
+        parking = any(h.call == "park" for h in self.hosts)
+        free = sum(1 for h in self.hosts if not h.busy and (not parking or h.empty))
+        if not parking or free:
             demands = self.registry.next_demands(max(1, free))
             if demands or self.over_limit():
-                out += self._plan(demands, now)
+                out += self._plan(demands, now, may_park=not parking)
         return out + self._dispatch_all(now, fresh_only=False)
 
     def _dispatch_all(self, now: float, fresh_only: bool) -> list[act.Run]:
@@ -89,7 +90,7 @@ class Scheduler:
                     runs.append(self._dispatch(h))
         return runs
 
-    def _plan(self, demands: list[str], now: float) -> list[Action]:
+    def _plan(self, demands: list[str], now: float, may_park: bool = True) -> list[Action]:
         residents = [Resident(h.agent, h.gpu, (e := self.registry.get(h.agent)).priority,
                               e.last_used, self.ledger.footprint(h.kv_tokens), h.busy, bool(e.queue))
                      for h in self.hosts if h.agent]
@@ -99,15 +100,16 @@ class Scheduler:
                          m.src_gpu if (m := self.registry.get(a).move) and m.off_gpu else None)
                   for a in demands]
         p = plan(residents, wanted, self.ledger)
+        if p.park and not may_park:
+            return []
         by_agent = {h.agent: h for h in self.hosts if h.agent}
         out: list[Action] = []
         for a in p.park:
-            h, why = by_agent[a], ""
-            if a in p.shed:
+            h = by_agent[a]
+            if a in p.shed and self.registry.get(a).queue:  # it has work: it moves to another GPU
                 why = (f"memory pressure: gpu {h.gpu} holds {self.ledger.extra(h.gpu)} MiB more "
                        f"than the ledger accounts for")
-                if self.registry.get(a).queue:  # it has work: it moves to another GPU
-                    self.registry.get(a).move = Move(h.host_id, h.gpu, now, why, off_gpu=True)
+                self.registry.get(a).move = Move(h.host_id, h.gpu, now, why, off_gpu=True)
             out.append(self._park(h, "memory pressure" if a in p.shed else ""))
         if out:  # the activations wait for the room the parks make: the next plan places them
             return out
@@ -120,8 +122,7 @@ class Scheduler:
 
     def _free_host(self, agent_id: str, gpu: int) -> HostSlot | None:
         avoid = self.registry.get(agent_id).avoid
-        free = [h for h in self.hosts if h.gpu == gpu and h.agent is None and not h.busy
-                and not h.dead and not h.reviving]
+        free = [h for h in self.hosts if h.gpu == gpu and h.empty]
         return next((h for h in free if h.host_id != avoid), free[0] if free else None)
 
     def _bind(self, h: HostSlot, agent_id: str) -> act.Bind:
@@ -185,8 +186,7 @@ class Scheduler:
             case act.Fenced():
                 self._fenced(event, now)
             case act.Reclaimed(host=host, agent=agent, error=error):
-                h = self.host(host)
-                h.call, h.reviving = "", False
+                self.host(host).call, self.host(host).reviving = "", False
                 self.events.emit("pool.zombie_discarded", agent_id=agent, host=host, error=error)
             case act.Revived(host=host):
                 self.host(host).reviving = False

@@ -299,3 +299,28 @@ def test_a_lost_node_is_retired_once_however_many_of_its_hosts_report_it() -> No
     s.update(act.NodeLost("n0"), 1.2)  # a second Host's check found the node gone too
     assert all(h.dead for h in s.hosts)
     assert _events(s).count("pool.node_lost") == 1
+
+
+def test_a_host_freed_by_its_park_takes_the_next_agent_while_other_parks_are_in_flight() -> None:
+    # Two idle residents are parked for two waiting agents; the first Host whose park is done
+    # binds the first in line at once instead of waiting for the slower park.
+    s = _sched(hosts=2, agents=("a", "b", "c", "d"))
+    runs: list[act.Run] = []
+    for i, agent in enumerate(("a", "b")):
+        s.book.submit([(_task(i, agent), None)])
+        for action in s.schedule(0.0):
+            if isinstance(action, act.Bind):
+                s.update(act.Bound(action.host, agent, 1, {"state": "idle", "tier": "disk"},
+                                   0.01, hot=False), 0.0)
+            runs += [action] if isinstance(action, act.Run) else []
+    runs += [a for a in s.schedule(0.0) if isinstance(a, act.Run)]
+    for run in runs:  # both run their task and finish it: two idle residents
+        s.update(act.Ran(run.host, run.agent, run.dispatch, (Outcome(
+            run.batch[0][0], _result(0, AgentState.IDLE), agent_state=AgentState.IDLE),), (), 5), 0.5)
+    assert len(runs) == 2
+    s.book.submit([(_task(2, "c"), None), (_task(3, "d"), None)])
+    parks = s.schedule(1.0)
+    assert sorted(type(p).__name__ for p in parks) == ["Park", "Park"]
+    s.update(act.Parked(parks[0].host, parks[0].agent, "ref", ""), 1.2)  # the other still parking
+    [bind] = s.schedule(1.2)
+    assert isinstance(bind, act.Bind) and (bind.host, bind.agent) == (parks[0].host, "c")
