@@ -43,6 +43,9 @@ class LlamaEngineActor:
     def measure(self) -> dict[str, Any]:
         return self.core.measure()
 
+    def metrics(self) -> dict[str, float]:
+        return self.core.metrics()
+
     def info(self) -> dict[str, Any]:
         return {**self.core.info(), "pid": os.getpid()}
 

@@ -11,6 +11,11 @@ task on both sides, no task asked twice. Both sides alternate, repetition by rep
 an untimed warm-up each; one pool serves every repetition (fresh task ids each time), so Host
 start-up, model loading and first activations are outside the timings on both sides.
 
+How full the engine's batches are, on both sides, from llama-server's own counters
+(`decode_figures`): decode steps per task and tokens per decode step. The engine is the same, so a
+step costs about the same whatever it holds: a pool that feeds its engine fewer sequences at a
+time needs more steps for the same tokens.
+
 Where the CPU goes during the pool's rounds (`cpu_split`): the seconds of CPU each process of the
 machine used, the engine actor's against everything else (the manager, Hosts, monitor, Ray's own
 daemons, the driver). llama-server's rounds run in this process and nothing else is busy, so its
@@ -31,6 +36,7 @@ import ray
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest
 from agents.engines.factory import make_engine
+from agents.engines.shared import engine_actors
 from agents.models import AgentSpec, Task
 from pool.bench.common import NO_FAULTS, Say, ratio, settings, start_pool, stats
 from pool.bench.workload import shipped
@@ -115,23 +121,29 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     rows: dict[str, list[float]] = {"pool_tasks_per_s": [], "server_tasks_per_s": [],
                                     "pool_latency_p50_s": [], "server_latency_p50_s": [],
                                     "pool_latency_p95_s": [], "server_latency_p95_s": [],
-                                    "pool_engine_cpu_share": []}
+                                    "pool_engine_cpu_share": [],
+                                    "pool_decodes_per_task": [], "server_decodes_per_task": [],
+                                    "pool_tokens_per_decode": [], "server_tokens_per_decode": []}
     try:
         pool.register(specs)
         say(f"  real model: {len(warm)} untimed tasks on both sides (engine load, first activations)")
         pool.run(warm)
         _serve(server, k, [_request(t, by_id[t.agent_id]) for t in warm])
+        (engine,) = engine_actors(cfg.pool.namespace)
         for rep, batch in enumerate(rounds):
-            before = cpu_seconds()
+            before, counted = cpu_seconds(), ray.get(engine.metrics.remote())
             wall = pool.run(batch)
             split = cpu_split(before, cpu_seconds())
+            _add(rows, "pool", decode_figures(counted, ray.get(engine.metrics.remote()), len(batch)))
             rows["pool_engine_cpu_share"].append(split["engine_share"])
             done = [pool.results[t.task_id] for t in batch if t.task_id in pool.results]
             lat = stats([r.elapsed_s for r in done])
             rows["pool_tasks_per_s"].append(len(done) / wall)
             rows["pool_latency_p50_s"].append(lat["p50"])
             rows["pool_latency_p95_s"].append(lat["p95"])
+            counted = server.metrics()
             served, s_lat = _serve(server, k, [_request(t, by_id[t.agent_id]) for t in batch])
+            _add(rows, "server", decode_figures(counted, server.metrics(), len(batch)))
             rows["server_tasks_per_s"].append(len(batch) / served)
             rows["server_latency_p50_s"].append(s_lat["p50"])
             rows["server_latency_p95_s"].append(s_lat["p95"])
@@ -147,6 +159,23 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     out["ratio_latency_p50"] = ratio(out["pool_latency_p50_s"]["p50"], out["server_latency_p50_s"]["p50"])
     out["ratio_latency_p95"] = ratio(out["pool_latency_p95_s"]["p50"], out["server_latency_p95_s"]["p50"])
     return out
+
+
+def decode_figures(before: Mapping[str, float], after: Mapping[str, float], tasks: int) -> dict[str, float]:
+    """Decode steps per task and tokens per decode step between two readings of llama-server's
+    counters (`LlamaServerCore.metrics`): the prompt tokens it evaluated and those it generated."""
+    def used(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    steps = used("n_decode_total")
+    tokens = used("prompt_tokens_total") + used("tokens_predicted_total")
+    return {"decodes_per_task": steps / tasks if tasks else 0.0,
+            "tokens_per_decode": tokens / steps if steps else 0.0}
+
+
+def _add(rows: dict[str, list[float]], side: str, figures: Mapping[str, float]) -> None:
+    for name, value in figures.items():
+        rows[f"{side}_{name}"].append(value)
 
 
 def _disjoint(tasks: list[Task], n: int, reps: int) -> tuple[list[Task], list[list[Task]]]:

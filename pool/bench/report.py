@@ -110,8 +110,17 @@ def _overhead(res: dict[str, Any]) -> list[Row]:
              "<= 1.3x", _check(r["ratio_latency_p50"], lambda v: v <= 1.3)),
             ("pool vs llama-server", "pool's engine share of the CPU used in its rounds (p50)",
              f"{_f(r.get('pool_engine_cpu_share', {}).get('p50'), '{:.0%}')}", "", None),
+            ("pool vs llama-server", "engine decode steps per task, pool / llama-server (p50)",
+             _pair(r, "decodes_per_task", "{:.2f}"), "", None),
+            ("pool vs llama-server", "tokens per decode step, pool / llama-server (p50)",
+             _pair(r, "tokens_per_decode", "{:.1f}"), "", None),
         ]
     return rows
+
+
+def _pair(r: dict[str, Any], name: str, fmt: str) -> str:
+    """`pool / llama-server` of one figure's medians (a result from before it was measured: n/a)."""
+    return " / ".join(_f(r.get(f"{side}_{name}", {}).get("p50"), fmt) for side in ("pool", "server"))
 
 
 def _healing(res: dict[str, Any]) -> list[Row]:

@@ -46,6 +46,10 @@ def test_bench_runs_every_benchmark_and_writes_json_and_plot(local_ray: None, tm
         assert 0 < data["kv_restore"]["kv_bytes"] <= data["kv_restore"]["kv_max_bytes"]
         assert data["kv_restore"]["with_kv"]["kv_restored"] == TINY.kv_reps
         assert data["kv_restore"]["without_kv"]["kv_restored"] == 0
+        real = data["real_model"]  # both engines' own counters were read around every round
+        for side in ("pool", "server"):
+            assert real[f"{side}_decodes_per_task"]["p50"] >= 1
+            assert real[f"{side}_tokens_per_decode"]["p50"] >= 1
 
     act = data["activation"]
     assert act["hot"]["n"] == act["disk"]["n"] == TINY.rounds * TINY.per_round

@@ -1,0 +1,52 @@
+"""The real-model benchmark's engine figures: the CPU split (the engine actor's CPU seconds
+against the rest, read from two snapshots of every process; a process that started between them
+counts from zero) and how full its decode steps were (llama-server's own counters)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pool.bench.overhead import cpu_seconds, cpu_split, decode_figures
+from pool.bench.report import rows
+
+
+def test_the_engine_share_counts_only_what_each_process_used_between_the_readings() -> None:
+    before = {1: (100.0, "ray::LlamaEngineActor"), 2: (50.0, "ray::PoolManager"),
+              3: (7.0, "/usr/bin/raylet --raylet_sock x")}
+    after = {1: (130.0, "ray::LlamaEngineActor"), 2: (54.0, "ray::PoolManager"),
+             3: (8.0, "/usr/bin/raylet --raylet_sock x"), 4: (5.0, "ray::HostActor")}
+    split = cpu_split(before, after)
+    assert split["engine_s"] == pytest.approx(30.0) and split["total_s"] == pytest.approx(40.0)
+    assert split["engine_share"] == pytest.approx(0.75)
+    assert split["line"] == ("engine 30.0 s, the rest 10.0 s: ray::HostActor 5.0, "
+                             "ray::PoolManager 4.0, raylet 1.0")
+
+
+def test_a_reading_of_this_machine_holds_this_process() -> None:
+    seen = cpu_seconds()
+    assert os.getpid() in seen and seen[os.getpid()][0] > 0
+    assert cpu_split(seen, seen)["engine_share"] == 0.0, "nothing used: no division by zero"
+
+
+def test_decode_figures_are_steps_per_task_and_tokens_per_step_between_two_readings() -> None:
+    before = {"n_decode_total": 100.0, "prompt_tokens_total": 1000.0, "tokens_predicted_total": 500.0}
+    after = {"n_decode_total": 300.0, "prompt_tokens_total": 4000.0, "tokens_predicted_total": 2500.0,
+             "prompt_tokens_cached_total": 9999.0}  # reused from the cache: not evaluated
+    assert decode_figures(before, after, 50) == {"decodes_per_task": 4.0, "tokens_per_decode": 25.0}
+    assert decode_figures(after, after, 0) == {"decodes_per_task": 0.0, "tokens_per_decode": 0.0}
+
+
+def test_the_report_shows_both_sides_decode_figures_and_na_for_an_older_result() -> None:
+    p50 = lambda v: {"p50": v}  # noqa: E731
+    real = {"slots": 12, "tasks": 96, "pool_tasks_per_s": p50(3.5), "server_tasks_per_s": p50(5.0),
+            "ratio_tasks_p50": 0.7, "ratio_latency_p50": 1.1, "ratio_latency_p95": 1.2,
+            "pool_decodes_per_task": p50(3.1), "server_decodes_per_task": p50(2.25),
+            "pool_tokens_per_decode": p50(19.5), "server_tokens_per_decode": p50(26.0)}
+    shown = {r[1]: r[2] for r in rows({"real_model": real})}
+    assert shown["engine decode steps per task, pool / llama-server (p50)"] == "3.10 / 2.25"
+    assert shown["tokens per decode step, pool / llama-server (p50)"] == "19.5 / 26.0"
+    older = {k: v for k, v in real.items() if "decode" not in k}
+    shown = {r[1]: r[2] for r in rows({"real_model": older})}
+    assert shown["tokens per decode step, pool / llama-server (p50)"] == "n/a / n/a"
