@@ -75,6 +75,7 @@ class BenchOptions:
     sections: tuple[str, ...] = DEFAULT_SECTIONS
     seed: int = 0
     real_slots: int | None = None  # Hosts for the real-model throughput (default: the pool's)
+    real_one_priority: bool = False  # the real-model throughput's agents all at one priority
     plot: bool = True
     command: str = ""
 
@@ -139,7 +140,7 @@ def run_bench(opts: BenchOptions, console: Console | None = None) -> dict[str, A
         if "real" in sections:
             say(f"real model: {s.real_tasks} shipped tasks x {s.real_reps}, pool vs llama-server")
             res["real_model"] = overhead.real_model(s.real_tasks, s.real_reps, work / "real", say,
-                                                    opts.real_slots)
+                                                    opts.real_slots, opts.real_one_priority)
         if "ram" in sections:
             say(f"host RAM: {s.ram_residents} residents, one shared engine vs an engine per Host")
             res["ram"] = ram.host_ram(s.ram_residents, work / "ram", say)

@@ -35,11 +35,14 @@ from pool.bench import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, size
 @click.option("--real-slots", type=click.IntRange(min=1),
               help="llama.cpp Hosts (and llama-server slots) for the real-model throughput and the "
               "returning agents (default: the pool's 12).")
+@click.option("--real-one-priority", is_flag=True,
+              help="Real-model throughput with every agent at one priority (the shipped agents "
+              "have 0-9, which llama-server ignores): what honouring them costs a short round.")
 @click.option("--no-plot", is_flag=True, help="Do not write bench.png.")
 def bench(out: Path, quick: bool, only: str | None, seed: int, agents: int | None,
           visits: int | None, persona_tokens: int | None, server_cache_mib: int | None,
           heal_tasks: int | None, real_tasks: int | None, real_slots: int | None,
-          no_plot: bool) -> None:
+          real_one_priority: bool, no_plot: bool) -> None:
     sections = tuple(s.strip() for s in only.split(",")) if only else DEFAULT_SECTIONS
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
@@ -56,4 +59,5 @@ def bench(out: Path, quick: bool, only: str | None, seed: int, agents: int | Non
     command = "selfheal bench " + shlex.join(sys.argv[1:][1:] if sys.argv[1:2] == ["bench"]
                                              else sys.argv[1:])
     run_bench(BenchOptions(out=out, sizes=sizes, sections=sections, seed=seed,
-                           real_slots=real_slots, plot=not no_plot, command=command.strip()))
+                           real_slots=real_slots, real_one_priority=real_one_priority,
+                           plot=not no_plot, command=command.strip()))

@@ -101,15 +101,18 @@ def scripted(steps: int, agents: int, reps: int, root: Any, say: Say) -> dict[st
             "pool_steps_per_s": p, "bare_steps_per_s": b, "ratio_p50": ratio(p["p50"], b["p50"])}
 
 
-def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = None) -> dict[str, Any]:
+def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = None,
+               one_priority: bool = False) -> dict[str, Any]:
     """Pool vs llama-server with the same slots on the same tasks: one attempt each (recovery
-    none) and no memory in the prompts, so that both sides do the same model work."""
+    none) and no memory in the prompts, so that both sides do the same model work. With
+    `one_priority`, the pool's agents are all at one priority, as llama-server treats them."""
     from agents.engines.llama_server import LlamaServerCore
 
     pool_cfg: dict[str, Any] = {"slots_per_gpu": slots} if slots else {}
     cfg = settings("llama_cpp", recovery={"mode": "none"}, engine={"memory_tokens": 0},
                    pool=pool_cfg, health={"votes": 1})  # one generation per task, as the peer
     every, specs = shipped(None)
+    specs = at_one_priority(specs) if one_priority else specs
     warm, rounds = _disjoint(every, limit, reps)
     by_id = {s.agent_id: s for s in specs}
     k = cfg.pool.slots_per_gpu
@@ -153,12 +156,18 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     finally:
         pool.stop()
         server.close()
-    out: dict[str, Any] = {"tasks": len(rounds[0]), "reps": reps, "slots": k,
+    out: dict[str, Any] = {"tasks": len(rounds[0]), "reps": reps, "slots": k, "one_priority": one_priority,
                            **{key: stats(v) for key, v in rows.items()}}
     out["ratio_tasks_p50"] = ratio(out["pool_tasks_per_s"]["p50"], out["server_tasks_per_s"]["p50"])
     out["ratio_latency_p50"] = ratio(out["pool_latency_p50_s"]["p50"], out["server_latency_p50_s"]["p50"])
     out["ratio_latency_p95"] = ratio(out["pool_latency_p95_s"]["p50"], out["server_latency_p95_s"]["p50"])
     return out
+
+
+def at_one_priority(specs: list[AgentSpec]) -> list[AgentSpec]:
+    """The same agents at the default priority: the lowest-priority agents no longer wait for the
+    others and then run their tasks one after another at the end of a round."""
+    return [s.model_copy(update={"priority": AgentSpec.model_fields["priority"].default}) for s in specs]
 
 
 def decode_figures(before: Mapping[str, float], after: Mapping[str, float], tasks: int) -> dict[str, float]:

@@ -101,7 +101,8 @@ def _overhead(res: dict[str, Any]) -> list[Row]:
     r = res.get("real_model")
     if r:
         rows += [
-            ("pool vs llama-server", f"tasks/s pool / llama-server, {r['slots']} slots ({r['tasks']} tasks)",
+            ("pool vs llama-server", f"tasks/s pool / llama-server, {r['slots']} slots ({r['tasks']} tasks"
+             f"{', agents at one priority' if r.get('one_priority') else ''})",
              f"{_f(r['pool_tasks_per_s']['p50'], '{:.2f}')} / {_f(r['server_tasks_per_s']['p50'], '{:.2f}')}"
              f" = {_f(r['ratio_tasks_p50'], '{:.2f}')}x", ">= 1.0x (overhead < 5%)",
              _check(r["ratio_tasks_p50"], lambda v: v >= 0.95)),

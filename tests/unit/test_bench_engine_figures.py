@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from pool.bench.overhead import cpu_seconds, cpu_split, decode_figures
+from pool.bench.overhead import at_one_priority, cpu_seconds, cpu_split, decode_figures
 from pool.bench.report import rows
+from pool.bench.workload import shipped
 
 
 def test_the_engine_share_counts_only_what_each_process_used_between_the_readings() -> None:
@@ -38,15 +39,32 @@ def test_decode_figures_are_steps_per_task_and_tokens_per_step_between_two_readi
     assert decode_figures(after, after, 0) == {"decodes_per_task": 0.0, "tokens_per_decode": 0.0}
 
 
+def _p50(v: float) -> dict[str, float]:
+    return {"p50": v}
+
+
+_REAL = {"slots": 12, "tasks": 96, "pool_tasks_per_s": _p50(3.5), "server_tasks_per_s": _p50(5.0),
+         "ratio_tasks_p50": 0.7, "ratio_latency_p50": 1.1, "ratio_latency_p95": 1.2,
+         "pool_decodes_per_task": _p50(3.1), "server_decodes_per_task": _p50(2.25),
+         "pool_tokens_per_decode": _p50(19.5), "server_tokens_per_decode": _p50(26.0)}
+
+
 def test_the_report_shows_both_sides_decode_figures_and_na_for_an_older_result() -> None:
-    p50 = lambda v: {"p50": v}  # noqa: E731
-    real = {"slots": 12, "tasks": 96, "pool_tasks_per_s": p50(3.5), "server_tasks_per_s": p50(5.0),
-            "ratio_tasks_p50": 0.7, "ratio_latency_p50": 1.1, "ratio_latency_p95": 1.2,
-            "pool_decodes_per_task": p50(3.1), "server_decodes_per_task": p50(2.25),
-            "pool_tokens_per_decode": p50(19.5), "server_tokens_per_decode": p50(26.0)}
+    real = _REAL
     shown = {r[1]: r[2] for r in rows({"real_model": real})}
     assert shown["engine decode steps per task, pool / llama-server (p50)"] == "3.10 / 2.25"
     assert shown["tokens per decode step, pool / llama-server (p50)"] == "19.5 / 26.0"
     older = {k: v for k, v in real.items() if "decode" not in k}
     shown = {r[1]: r[2] for r in rows({"real_model": older})}
     assert shown["tokens per decode step, pool / llama-server (p50)"] == "n/a / n/a"
+
+
+def test_one_priority_keeps_the_agents_and_levels_their_priorities() -> None:
+    _, specs = shipped(None)
+    assert len({s.priority for s in specs}) > 1, "the shipped agents have priorities"
+    level = at_one_priority(specs)
+    assert [s.agent_id for s in level] == [s.agent_id for s in specs]
+    assert {s.priority for s in level} == {5}
+    assert [s.system_prompt for s in level] == [s.system_prompt for s in specs]
+    shown = {r[1] for r in rows({"real_model": {**_REAL, "one_priority": True}})}
+    assert "tasks/s pool / llama-server, 12 slots (96 tasks, agents at one priority)" in shown
