@@ -126,7 +126,8 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
                                     "pool_latency_p95_s": [], "server_latency_p95_s": [],
                                     "pool_engine_cpu_share": [],
                                     "pool_decodes_per_task": [], "server_decodes_per_task": [],
-                                    "pool_tokens_per_decode": [], "server_tokens_per_decode": []}
+                                    "pool_tokens_per_decode": [], "server_tokens_per_decode": [],
+                                    "pool_ms_per_decode": [], "server_ms_per_decode": []}
     try:
         pool.register(specs)
         say(f"  real model: {len(warm)} untimed tasks on both sides (engine load, first activations)")
@@ -137,7 +138,7 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
             before, counted = cpu_seconds(), ray.get(engine.metrics.remote())
             wall = pool.run(batch)
             split = cpu_split(before, cpu_seconds())
-            _add(rows, "pool", decode_figures(counted, ray.get(engine.metrics.remote()), len(batch)))
+            _add(rows, "pool", decode_figures(counted, ray.get(engine.metrics.remote()), len(batch), wall))
             rows["pool_engine_cpu_share"].append(split["engine_share"])
             done = [pool.results[t.task_id] for t in batch if t.task_id in pool.results]
             lat = stats([r.elapsed_s for r in done])
@@ -146,7 +147,7 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
             rows["pool_latency_p95_s"].append(lat["p95"])
             counted = server.metrics()
             served, s_lat = _serve(server, k, [_request(t, by_id[t.agent_id]) for t in batch])
-            _add(rows, "server", decode_figures(counted, server.metrics(), len(batch)))
+            _add(rows, "server", decode_figures(counted, server.metrics(), len(batch), served))
             rows["server_tasks_per_s"].append(len(batch) / served)
             rows["server_latency_p50_s"].append(s_lat["p50"])
             rows["server_latency_p95_s"].append(s_lat["p95"])
@@ -170,16 +171,20 @@ def at_one_priority(specs: list[AgentSpec]) -> list[AgentSpec]:
     return [s.model_copy(update={"priority": AgentSpec.model_fields["priority"].default}) for s in specs]
 
 
-def decode_figures(before: Mapping[str, float], after: Mapping[str, float], tasks: int) -> dict[str, float]:
-    """Decode steps per task and tokens per decode step between two readings of llama-server's
-    counters (`LlamaServerCore.metrics`): the prompt tokens it evaluated and those it generated."""
+def decode_figures(before: Mapping[str, float], after: Mapping[str, float], tasks: int,
+                   wall_s: float) -> dict[str, float]:
+    """Decode steps per task, tokens per decode step and milliseconds of the round per step,
+    between two readings of llama-server's counters (`LlamaServerCore.metrics`) taken `wall_s`
+    apart: the prompt tokens it evaluated and those it generated. Throughput ratios are the
+    product of the steps ratio and the time-per-step ratio."""
     def used(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     steps = used("n_decode_total")
     tokens = used("prompt_tokens_total") + used("tokens_predicted_total")
     return {"decodes_per_task": steps / tasks if tasks else 0.0,
-            "tokens_per_decode": tokens / steps if steps else 0.0}
+            "tokens_per_decode": tokens / steps if steps else 0.0,
+            "ms_per_decode": wall_s * 1000 / steps if steps else 0.0}
 
 
 def _add(rows: dict[str, list[float]], side: str, figures: Mapping[str, float]) -> None:

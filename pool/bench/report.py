@@ -115,6 +115,8 @@ def _overhead(res: dict[str, Any]) -> list[Row]:
              _pair(r, "decodes_per_task", "{:.2f}"), "", None),
             ("pool vs llama-server", "tokens per decode step, pool / llama-server (p50)",
              _pair(r, "tokens_per_decode", "{:.1f}"), "", None),
+            ("pool vs llama-server", "ms of the round per decode step, pool / llama-server (p50)",
+             _pair(r, "ms_per_decode", "{:.0f}"), "", None),
         ]
     return rows
 
