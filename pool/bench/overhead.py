@@ -12,9 +12,10 @@ an untimed warm-up each; one pool serves every repetition (fresh task ids each t
 start-up, model loading and first activations are outside the timings on both sides.
 
 How full the engine's batches are, on both sides, from llama-server's own counters
-(`decode_figures`): decode steps per task and tokens per decode step. The engine is the same, so a
-step costs about the same whatever it holds: a pool that feeds its engine fewer sequences at a
-time needs more steps for the same tokens.
+(`decode_figures`): decode steps per task, tokens per step and milliseconds of the round per
+step. The engine is the same, so a step costs about the same whatever it holds: a pool that feeds
+its engine fewer sequences at a time needs more steps for the same tokens, and one whose engine
+shares the cores takes longer per step. The throughput ratio is the product of the two ratios.
 
 Where the CPU goes during the pool's rounds (`cpu_split`): the seconds of CPU each process of the
 machine used, the engine actor's against everything else (the manager, Hosts, monitor, Ray's own
