@@ -42,6 +42,8 @@ _SILENT = object()  # a Host that never answers (frozen, or waiting for its engi
 
 
 class _Host:
+    measure: _Call  # a test changes the reading between passes
+
     def __init__(self, **answers: Any) -> None:
         for method, answer in answers.items():
             setattr(self, method, _Call(answer))
@@ -63,7 +65,8 @@ class _Pool(GpuControl):
         clients = {f"h{i}": HostClient(h, f"h{i}", cfg.watchdog_s) for i, h in enumerate(hosts)}
         store = CheckpointStore(Path(tempfile.mkdtemp(prefix="vram-control-")))
         super().__init__(sched, clients, store, cfg, self._loop)
-        self.woken, self.parked, self.events = 0, [], sched.events
+        self.woken, self.events = 0, sched.events
+        self.parked: list[str] = []
 
     @property
     def paused(self) -> dict[int, str]:
