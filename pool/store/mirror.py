@@ -78,7 +78,8 @@ class OutMirror:
         self._segments: dict[str, int] = {}  # log name -> number of its next segment
         self._pushed_at = 0.0
         self._me: dict[str, Any] = {}
-        self._held = threading.Event()  # set while this driver holds the lease
+        self._released = threading.Event()  # set when this driver gives the lease up
+        self._lease_lock = threading.Lock()  # a refresh never lands after the release's delete
         self.stale: dict[str, Any] | None = None  # the lease a gone driver left, if any
 
     # -- lease --------------------------------------------------------------------------------
@@ -94,23 +95,23 @@ class OutMirror:
         for folder in (self.root, *(self.root / _folder(n) for n in LOGS)):
             self.files.make_dir(folder)
         self._write_lease()
-        self._held.set()
+        self._released.clear()
         threading.Thread(target=self._keep, name="out-lease", daemon=True).start()
         self.pull()
 
     def _keep(self) -> None:
         """Refresh the lease while it is held: a driver busy elsewhere (registering a million
         agents, say) for longer than `LEASE_S` must not look gone."""
-        while self._held.is_set():
-            time.sleep(LEASE_S / 4)
-            if self._held.is_set():
-                with contextlib.suppress(OSError, StorageError):  # the next refresh tries again
+        while not self._released.wait(LEASE_S / 4):
+            with self._lease_lock, contextlib.suppress(OSError, StorageError):  # next one retries
+                if not self._released.is_set():
                     self._write_lease()
 
     def release(self) -> None:
-        self._held.clear()
-        with contextlib.suppress(OSError, StorageError):  # an old lease expires by itself
-            self.files.delete(self.root / LEASE)
+        with self._lease_lock:
+            self._released.set()
+            with contextlib.suppress(OSError, StorageError):  # an old lease expires by itself
+                self.files.delete(self.root / LEASE)
 
     def _lease(self) -> dict[str, Any] | None:
         """The lease there, its `ts` a number; None when there is none or it does not parse."""

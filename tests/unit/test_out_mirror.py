@@ -5,6 +5,7 @@ filesystem stands for S3; each "driver" has its own local cache, as on two machi
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path, PurePosixPath
 
@@ -165,3 +166,24 @@ def test_the_lease_is_kept_fresh_while_held_and_left_alone_once_released(
     assert not bucket.exists(out.root / m.LEASE)
     time.sleep(0.3)  # a refresher still running would write it back
     assert not bucket.exists(out.root / m.LEASE), "released: nothing refreshes it"
+
+
+def test_a_refresh_under_way_when_the_lease_is_released_does_not_write_it_back(
+    bucket: ObjectFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refresher is inside its write when the driver releases: the release's delete must come
+    # after that write, or the URI would look held by a driver that is gone for LEASE_S.
+    monkeypatch.setattr(m, "LEASE_S", 0.2)  # refreshed every 0.05 s
+    out = _driver(bucket, tmp_path, monkeypatch)
+    writing, write = threading.Event(), out._write_lease
+
+    def slow_write() -> None:
+        writing.set()
+        time.sleep(0.2)
+        write()
+
+    monkeypatch.setattr(out, "_write_lease", slow_write)
+    assert writing.wait(10), "the lease was never refreshed"
+    out.release()
+    time.sleep(0.3)
+    assert not bucket.exists(out.root / m.LEASE), "a refresh wrote the released lease back"
