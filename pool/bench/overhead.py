@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections import defaultdict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -122,13 +123,7 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     # llama-server as it comes: its host-RAM prompt cache at its default size (the pool turns it
     # off: each agent's KV lives in its slot and checkpoint)
     server = LlamaServerCore(cfg.engine.model_copy(update={"prompt_cache_mib": SERVER_CACHE_MIB}), slots=k)
-    rows: dict[str, list[float]] = {"pool_tasks_per_s": [], "server_tasks_per_s": [],
-                                    "pool_latency_p50_s": [], "server_latency_p50_s": [],
-                                    "pool_latency_p95_s": [], "server_latency_p95_s": [],
-                                    "pool_engine_cpu_share": [],
-                                    "pool_decodes_per_task": [], "server_decodes_per_task": [],
-                                    "pool_tokens_per_decode": [], "server_tokens_per_decode": [],
-                                    "pool_ms_per_decode": [], "server_ms_per_decode": []}
+    rows: defaultdict[str, list[float]] = defaultdict(list)  # figure -> one value a round
     try:
         pool.register(specs)
         say(f"  real model: {len(warm)} untimed tasks on both sides (engine load, first activations)")
