@@ -170,8 +170,9 @@ class EngineConfig(Section):
         "when the engine sees a GPU, 0 otherwise.",
     )
     prompt_cache_mib: int = Field(
-        0, ge=0, le=MAX_MIB, description="llama.cpp: host-RAM prompt cache across slots (llama-server's "
-        "--cache-ram); 0: off, each agent's KV lives in its own slot and checkpoint.",
+        1024, ge=0, le=MAX_MIB, description="llama.cpp: host-RAM prompt cache across slots (llama-server's "
+        "--cache-ram): a prefix that agents share (a persona, a task's template) is evaluated once, "
+        "not once per slot; 0: off (each agent's own KV lives in its slot and checkpoint either way).",
     )
     compute_mib: float = Field(
         64.0, ge=0, le=MAX_MIB, description="llama.cpp: reserve for the engine's compute buffers until the "

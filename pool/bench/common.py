@@ -47,6 +47,7 @@ def settings(kind: str = "scripted", **sections: dict[str, Any]) -> Settings:
 
 WAIT_S = 1.0  # the longest a drain of the benchmark waits for a result
 GAP_S = 0.05  # between a drain that brought results and the next: results come in bunches
+SERVER_CACHE_MIB = 8192  # llama-server's default --cache-ram (its host-RAM prompt cache), for the peer
 NO_FAULTS = {"garbage": 0, "truncation": 0, "timeout": 0, "oom": 0, "crash": 0, "permanent": 0}
 
 

@@ -40,11 +40,9 @@ from agents.engines.base import GenRequest
 from agents.engines.factory import make_engine
 from agents.engines.shared import engine_actors
 from agents.models import AgentSpec, Task
-from pool.bench.common import NO_FAULTS, Say, ratio, settings, start_pool, stats
+from pool.bench.common import NO_FAULTS, SERVER_CACHE_MIB, Say, ratio, settings, start_pool, stats
 from pool.bench.workload import shipped
 from pool.driver.synthetic import synthetic_tasks
-
-SERVER_CACHE_MIB = 8192  # llama-server's default --cache-ram
 
 
 @ray.remote(num_cpus=0)
@@ -120,8 +118,8 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     k = cfg.pool.slots_per_gpu
     say(f"  real model: starting the pool ({k} Hosts on one shared engine) and llama-server ({k} slots)")
     pool = start_pool(cfg, root / "checkpoints")
-    # llama-server as it comes: its host-RAM prompt cache at its default size (the pool turns it
-    # off: each agent's KV lives in its slot and checkpoint)
+    # llama-server as it comes: its host-RAM prompt cache at its default size (the pool's engine
+    # has one too, `engine.prompt_cache_mib`, smaller: each agent's own KV is in its checkpoint)
     server = LlamaServerCore(cfg.engine.model_copy(update={"prompt_cache_mib": SERVER_CACHE_MIB}), slots=k)
     rows: defaultdict[str, list[float]] = defaultdict(list)  # figure -> one value a round
     try:
@@ -171,16 +169,19 @@ def decode_figures(before: Mapping[str, float], after: Mapping[str, float], task
                    wall_s: float) -> dict[str, float]:
     """Decode steps per task, tokens per decode step and milliseconds of the round per step,
     between two readings of llama-server's counters (`LlamaServerCore.metrics`) taken `wall_s`
-    apart: the prompt tokens it evaluated and those it generated. Throughput ratios are the
-    product of the steps ratio and the time-per-step ratio."""
+    apart, and the tokens of a step per task: prompt tokens evaluated (not those reused from a
+    cache) and tokens generated. Throughput ratios are the product of the steps ratio and the
+    time-per-step ratio."""
     def used(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     steps = used("n_decode_total")
-    tokens = used("prompt_tokens_total") + used("tokens_predicted_total")
+    prompt, generated = used("prompt_tokens_total"), used("tokens_predicted_total")
     return {"decodes_per_task": steps / tasks if tasks else 0.0,
-            "tokens_per_decode": tokens / steps if steps else 0.0,
-            "ms_per_decode": wall_s * 1000 / steps if steps else 0.0}
+            "tokens_per_decode": (prompt + generated) / steps if steps else 0.0,
+            "ms_per_decode": wall_s * 1000 / steps if steps else 0.0,
+            "prompt_tokens_per_task": prompt / tasks if tasks else 0.0,
+            "generated_tokens_per_task": generated / tasks if tasks else 0.0}
 
 
 def _add(rows: dict[str, list[float]], side: str, figures: Mapping[str, float]) -> None:

@@ -117,6 +117,10 @@ def _overhead(res: dict[str, Any]) -> list[Row]:
              _pair(r, "tokens_per_decode", "{:.1f}"), "", None),
             ("pool vs llama-server", "ms of the round per decode step, pool / llama-server (p50)",
              _pair(r, "ms_per_decode", "{:.0f}"), "", None),
+            ("pool vs llama-server", "prompt tokens evaluated per task, pool / llama-server (p50)",
+             _pair(r, "prompt_tokens_per_task", "{:.1f}"), "", None),
+            ("pool vs llama-server", "tokens generated per task, pool / llama-server (p50)",
+             _pair(r, "generated_tokens_per_task", "{:.1f}"), "", None),
         ]
     return rows
 

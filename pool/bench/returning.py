@@ -39,9 +39,8 @@ from typing import Any
 from agents.engines.base import GenRequest, GenResult
 from agents.errors import UsageError
 from agents.models import AgentSpec, GenerationParams, Task, TaskKind, TaskStatus, Turn
-from pool.bench.common import Say, ratio, stats
+from pool.bench.common import SERVER_CACHE_MIB, Say, ratio, stats
 
-SERVER_CACHE_MIB = 8192  # llama-server's default --cache-ram
 TARGET_RATIO = 3.0  # issue 11: the pool's throughput >= 3x the peer's
 CHARS_PER_TOKEN = 3.0  # of these ledgers with SmolLM2's tokenizer (measured: 2.98)
 _ADJ = ("red", "blue", "green", "silver", "copper", "old", "small", "heavy", "bright", "dusty",

@@ -179,3 +179,21 @@ def test_engine_answers_while_a_second_engine_starts_elsewhere(core: LlamaServer
         assert "paris" in core.generate(_req(PARIS, params=GREEDY), slot=7).text.lower()
     finally:
         other.close()
+
+
+def test_a_prefix_one_slot_evaluated_is_not_evaluated_again_in_another() -> None:
+    # Agents share personas and task templates: llama-server's host-RAM prompt cache (on by
+    # default) holds what a slot evaluated once that slot moves on, and a slot about to drop most
+    # of its context for a new prompt takes the cached prefix that matches it best.
+    eng = LlamaServerCore(EngineConfig(n_ctx=CTX), slots=2, n_threads=2)
+    try:
+        template = "Classify the topic of this headline. Answer with one word: sport, politics or science. "
+        first = eng.generate(_req(template + "Headline: The home team won the cup final.", params=GREEDY), 0)
+        unrelated = _req("Name three red fruits and three yellow ones, one per line.", params=GREEDY)
+        eng.generate(unrelated, 0)  # slot 0 moves on: its prompt goes to the cache
+        eng.generate(unrelated, 1)  # slot 1 holds something else
+        other = eng.generate(_req(template + "Headline: Parliament passed the budget.", params=GREEDY), 1)
+        assert other.cached_tokens > first.prompt_tokens // 2, (other.cached_tokens, first.prompt_tokens)
+        assert other.extra["prompt_evaluated"] < first.extra["prompt_evaluated"] // 2
+    finally:
+        eng.close()

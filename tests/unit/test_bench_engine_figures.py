@@ -35,8 +35,9 @@ def test_decode_figures_are_steps_per_task_and_tokens_per_step_between_two_readi
     before = {"n_decode_total": 100.0, "prompt_tokens_total": 1000.0, "tokens_predicted_total": 500.0}
     after = {"n_decode_total": 300.0, "prompt_tokens_total": 4000.0, "tokens_predicted_total": 2500.0,
              "prompt_tokens_cached_total": 9999.0}  # reused from the cache: not evaluated
-    assert decode_figures(before, after, 50, 20.0) == {"decodes_per_task": 4.0, "tokens_per_decode": 25.0,
-                                                       "ms_per_decode": 100.0}
+    assert decode_figures(before, after, 50, 20.0) == {
+        "decodes_per_task": 4.0, "tokens_per_decode": 25.0, "ms_per_decode": 100.0,
+        "prompt_tokens_per_task": 60.0, "generated_tokens_per_task": 40.0}
     assert set(decode_figures(after, after, 0, 1.0).values()) == {0.0}
 
 
@@ -48,7 +49,9 @@ _REAL = {"slots": 12, "tasks": 96, "pool_tasks_per_s": _p50(3.5), "server_tasks_
          "ratio_tasks_p50": 0.7, "ratio_latency_p50": 1.1, "ratio_latency_p95": 1.2,
          "pool_decodes_per_task": _p50(3.1), "server_decodes_per_task": _p50(2.25),
          "pool_tokens_per_decode": _p50(19.5), "server_tokens_per_decode": _p50(26.0),
-         "pool_ms_per_decode": _p50(96.4), "server_ms_per_decode": _p50(76.0)}
+         "pool_ms_per_decode": _p50(96.4), "server_ms_per_decode": _p50(76.0),
+         "pool_prompt_tokens_per_task": _p50(30.04), "server_prompt_tokens_per_task": _p50(22.5),
+         "pool_generated_tokens_per_task": _p50(33.3), "server_generated_tokens_per_task": _p50(31.0)}
 
 
 def test_the_report_shows_both_sides_decode_figures_and_na_for_an_older_result() -> None:
@@ -57,6 +60,8 @@ def test_the_report_shows_both_sides_decode_figures_and_na_for_an_older_result()
     assert shown["engine decode steps per task, pool / llama-server (p50)"] == "3.10 / 2.25"
     assert shown["tokens per decode step, pool / llama-server (p50)"] == "19.5 / 26.0"
     assert shown["ms of the round per decode step, pool / llama-server (p50)"] == "96 / 76"
+    assert shown["prompt tokens evaluated per task, pool / llama-server (p50)"] == "30.0 / 22.5"
+    assert shown["tokens generated per task, pool / llama-server (p50)"] == "33.3 / 31.0"
     older = {k: v for k, v in real.items() if "decode" not in k}
     shown = {r[1]: r[2] for r in rows({"real_model": older})}
     assert shown["tokens per decode step, pool / llama-server (p50)"] == "n/a / n/a"
