@@ -32,6 +32,14 @@ from pool.bench.workload import AGENTS, TASKS, shipped
 from pool.driver.batch import RunOptions, run_batch
 from pool.driver.synthetic import write_tasks
 
+# Beside the healing policies: what a careful user of llama-server does (one greedy attempt under
+# the task's schema or labels), and tiered healing that starts from that attempt (not by default).
+RUNS: dict[str, dict[str, Any]] = {
+    **POLICIES, "constrained": CONSTRAINED,
+    "tiered-constrained-first": {"mode": "tiered", "greedy_constrained_first": True},
+}
+DEFAULT_RUNS = (*POLICIES, "constrained")
+
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,10 +49,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="Stratified subset of N tasks (default 96; 0 = all).")
     p.add_argument("--out", type=Path, default=Path("out/compare"), help="Output folder.")
     p.add_argument("--seed", type=int, default=0, help="Engine (sampling) seed, the same for all.")
-    p.add_argument("--policies", default=",".join([*POLICIES, "constrained"]),
-                   help="Comma-separated subset (constrained: one greedy schema/label-constrained attempt).")
+    p.add_argument("--policies", default=",".join(DEFAULT_RUNS),
+                   help=f"Comma-separated, of: {', '.join(RUNS)} (default: {','.join(DEFAULT_RUNS)}; "
+                   "constrained: one greedy schema/label-constrained attempt).")
     p.add_argument("--slots-per-gpu", type=int, help="Hosts (default: the pool's 12).")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [n for n in args.policies.split(",") if n not in RUNS]
+    if unknown:
+        p.error(f"--policies: unknown {', '.join(unknown)} (of: {', '.join(RUNS)})")
+    return args
 
 
 def run_policy(name: str, tasks_path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -52,7 +65,7 @@ def run_policy(name: str, tasks_path: Path, args: argparse.Namespace) -> dict[st
     if args.slots_per_gpu:
         pool["slots_per_gpu"] = args.slots_per_gpu
     settings = load_settings(overrides={"engine": {"kind": "llama_cpp", "seed": args.seed},
-                                        "recovery": {**POLICIES, "constrained": CONSTRAINED}[name],
+                                        "recovery": RUNS[name],
                                         "pool": pool})
     out = args.out / name
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one

@@ -31,3 +31,15 @@ def test_moved_benchmarks_answer_help(module: str, first_line: str,
         bench.main(["--help"])
     assert exited.value.code == 0
     assert first_line in capsys.readouterr().out
+
+
+def test_compare_recovery_names_an_unknown_policy_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pool.bench.compare import DEFAULT_RUNS, RUNS, main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--policies", "tiered,tierd"])
+    assert exited.value.code == 2
+    assert "--policies: unknown tierd (of: none, naive, tiered, constrained, tiered-constrained-first)" in \
+        capsys.readouterr().err
+    assert set(DEFAULT_RUNS) < set(RUNS) and "tiered-constrained-first" not in DEFAULT_RUNS
+    assert RUNS["tiered-constrained-first"] == {"mode": "tiered", "greedy_constrained_first": True}
