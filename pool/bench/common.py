@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from rich.console import Console
 
-from agents.config import Settings, load_settings
+from agents.config import DAY_S, Settings, load_settings
 from agents.models import AgentSpec, Task, TaskResult
 from pool.driver.runs import shutdown_pool
 from pool.driver.summary import percentile
@@ -38,10 +38,16 @@ def start_ray() -> None:
 
 
 def settings(kind: str = "scripted", **sections: dict[str, Any]) -> Settings:
-    """Settings with the given engine and section overrides; a pool namespace of its own."""
+    """Settings with the given engine and section overrides; a pool namespace of its own.
+
+    A benchmark's pool is never reaped as an orphan: it waits undrained while the peer side runs
+    (a pass of llama-server can take longer than `pool.orphan_timeout_s`), and its private Ray
+    ends with the benchmark's process anyway."""
     overrides: dict[str, Any] = {k: dict(v) for k, v in sections.items()}
     overrides.setdefault("engine", {})["kind"] = kind
-    overrides.setdefault("pool", {}).setdefault("namespace", f"bench-{os.getpid()}-{next(_pools)}")
+    pool = overrides.setdefault("pool", {})
+    pool.setdefault("namespace", f"bench-{os.getpid()}-{next(_pools)}")
+    pool.setdefault("orphan_timeout_s", DAY_S)
     return load_settings(overrides=overrides)
 
 

@@ -105,3 +105,14 @@ def test_a_persona_over_what_an_agent_spec_holds_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="persona"):
         specs(ReturningSizes(agents=1, persona_tokens=2000))
+
+
+def test_a_benchmark_pool_outlives_a_long_pass_of_the_peer() -> None:
+    # 48 agents x 1,000-token personas: one llama-server pass took over 300 s, the pool (undrained
+    # meanwhile) reaped itself as an orphan and the benchmark died on its next submit
+    from agents.config import DAY_S, load_settings
+    from pool.bench.common import settings
+
+    assert load_settings().pool.orphan_timeout_s < 600, "a run's pool is reaped within minutes"
+    assert settings("llama_cpp").pool.orphan_timeout_s == DAY_S
+    assert settings("scripted", pool={"orphan_timeout_s": 5}).pool.orphan_timeout_s == 5
