@@ -54,7 +54,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    "constrained: one greedy schema/label-constrained attempt).")
     p.add_argument("--slots-per-gpu", type=int, help="Hosts (default: the pool's 12).")
     args = p.parse_args(argv)
-    unknown = [n for n in args.policies.split(",") if n not in RUNS]
+    args.policies = args.policies.split(",")  # the names, checked once here
+    unknown = [n for n in args.policies if n not in RUNS]
     if unknown:
         p.error(f"--policies: unknown {', '.join(unknown)} (of: {', '.join(RUNS)})")
     return args
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {"tasks": len(tasks), "subset": subset, "seed": args.seed,
                            "command": "python scripts/compare_recovery.py " + " ".join(sys.argv[1:]),
                            "policies": {}}
-    for name in args.policies.split(","):
+    for name in args.policies:
         console.print(f"[bold]policy {name}[/]")
         res["policies"][name] = run_policy(name, tasks_path, args)
     rates = {k: v["success_rate"] for k, v in res["policies"].items()}
