@@ -182,6 +182,12 @@ class EngineConfig(Section):
         512, ge=0, description="Token budget of the agent memory put into the prompt."
     )
     kv_snapshot: bool = Field(True, description="Keep the engine KV state in the checkpoint.")
+    kv_keep_mib: int = Field(
+        1024, ge=0, le=MAX_MIB, description="llama.cpp: the engine keeps the KV snapshots it saved "
+        "at parks (newest first, in its private folder: disk and page cache) up to this size, so "
+        "that activating such an agent again restores its slot without moving the snapshot (the "
+        "checkpoint always has it too); 0: off.",
+    )
     kv_max_bytes: int = Field(
         64 * 1024 * 1024, ge=0, description="Largest KV snapshot kept in a checkpoint; a larger "
         "one is dropped (event `agent.kv_dropped`, counted in the summary).",

@@ -57,8 +57,9 @@ class Engine(Protocol):
         """KV snapshot of the agent's current context, or None when unsupported."""
         ...
 
-    def load_state(self, agent_id: str, blob: bytes | None) -> bool:
-        """Restore a snapshot (None: start the agent's context empty); True when one was used."""
+    def load_state(self, agent_id: str, blob: bytes | None) -> bool | None:
+        """Restore a snapshot (None: start the agent's context empty); True when one was used.
+        None: `blob` was a reference (`kv_reference`) to a copy the engine no longer keeps."""
         ...
 
     def close(self) -> None: ...
@@ -70,3 +71,6 @@ class Engine(Protocol):
 #   wake_up() -> bool     undo sleep()
 #   measure() -> dict     a reading as in `agents.engines.gpumem`
 #   kv_tokens: int        tokens of KV the engine holds for the resident agent (the ledger counts them)
+#   kv_reference(blob) -> bytes | None
+#                         a short stand-in for a snapshot the engine keeps a copy of, which
+#                         `load_state` takes instead (the hot tier carries it); None: keeps none

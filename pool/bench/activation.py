@@ -7,7 +7,9 @@ answered call. Both sides alternate in rounds (a batch of binds, then one naive 
 noise from other work on the machine hits both alike.
 
 With the llama.cpp engine the question is what a KV snapshot in the checkpoint saves: the agent
-is bound and answers its first task, once from a checkpoint with `kv_state` and once without.
+is bound and answers its first task from its hot-tier copy three ways: as the pool parks it (a
+reference to the engine's kept copy of its KV), with the whole snapshot (what every bind carries
+when the engine keeps no copy: `engine.kv_keep_mib` 0, or the copy was evicted) and without KV.
 The engine's context is overwritten by another agent before each measurement, so nothing is
 served from a prefix that happens to be left over.
 """
@@ -143,11 +145,13 @@ def kv_restore(store_root: Path, reps: int, turns: int, say: Say) -> dict[str, A
     warm = _Warm(cfg, store_root)
     warm.bind("kv-agent", None)  # one task fills the context and snapshots it into the checkpoint
     ray.get(warm.host.run.remote([(_task("kv-warm", "kv-agent", "Which city gets box 3?"), None)], 1.0))
-    with_kv = codec.decode(ray.get(warm.host.park.remote()))
-    blobs = {"with_kv": codec.encode(with_kv),
-             "without_kv": codec.encode(with_kv.model_copy(update={"kv_state": None}))}
+    hot = ray.get(warm.host.park.remote())  # its KV: a reference to the engine's copy
+    whole = store.read("kv-agent")[0]  # the checkpoint has the whole snapshot
+    blobs = {"with_kv": hot, "with_kv_whole": codec.encode(whole),
+             "without_kv": codec.encode(whole.model_copy(update={"kv_state": None}))}
     times: dict[str, dict[str, list[float]]] = {v: {"bind": [], "first_answer": []} for v in blobs}
     restored: dict[str, list[bool]] = {v: [] for v in blobs}
+    fallbacks = 0  # binds whose reference the engine no longer knew (then the checkpoint's KV)
     for i in range(reps):
         for variant, blob in blobs.items():
             warm.bind("kv-flush", None)  # another agent takes the context
@@ -161,13 +165,15 @@ def kv_restore(store_root: Path, reps: int, turns: int, say: Say) -> dict[str, A
             times[variant]["bind"].append(bind_s)
             times[variant]["first_answer"].append(bind_s + (result.elapsed_s if result else 0.0))
             restored[variant].append(bool(info["kv_restored"]))
+            fallbacks += bool(info["kv_fallback"])
             warm.release()
         say(f"  kv restore rep {i + 1} / {reps}")
     warm.close()
     out: dict[str, Any] = {"unit": "ms", "memory_turns": 2 * turns,
-                           "kv_bytes": len(with_kv.kv_state or b""),  # 0: over kv_max_bytes
+                           "kv_bytes": len(whole.kv_state or b""),  # 0: over kv_max_bytes
                            "kv_max_bytes": cfg.engine.kv_max_bytes,
-                           "checkpoint_bytes": {v: len(b) for v, b in blobs.items()}}
+                           "hot_bytes": {v: len(b) for v, b in blobs.items()},
+                           "kv_fallbacks": fallbacks}
     for variant, parts in times.items():
         out[variant] = {part: stats(1000 * t for t in v) for part, v in parts.items()}
         out[variant]["kv_restored"] = sum(restored[variant])

@@ -131,11 +131,12 @@ class HostRuntime(Residency):
             runs = [r for r in runs if self._guarded(r, done, self._execute)]
             assessed = self._assess(agent.spec.agent_id, runs, headroom, done)
             runs = self._recover(assessed, done)
-        # The agent's KV now lives in the engine (its slot) and goes into the checkpoint when it
-        # is parked; a KV copy committed earlier no longer matches the memory committed now.
-        self.agent = self._require().model_copy(update={"kv_state": None})
-        self._commit(self.agent)
-        return [replace(o, agent_state=self.agent.state) for o in done]
+        # The agent's KV lives in the engine (its slot) and goes into the checkpoint when it is
+        # parked: the record committed now has none, so a KV copy committed earlier, which no
+        # longer matches the memory, is gone from the checkpoint.
+        final = self._require()
+        self._commit(final)
+        return [replace(o, agent_state=final.state) for o in done]
 
     # -- one task's failure is its own ----------------------------------------------------
     def _admit(self, task: Task, carry: Carry | None, done: list[Outcome]) -> _Run | None:
@@ -335,10 +336,11 @@ class HostRuntime(Residency):
         )
 
     def _compress(self) -> None:
-        """Tier 2: keep the newer half of the memory and drop the KV snapshot."""
+        """Tier 2: keep the newer half of the memory (the slot's KV serves the new prompt only
+        as far as it still matches it)."""
         agent = self._require()
         keep = agent.memory[len(agent.memory) // 2 :]
-        self.agent = agent.model_copy(update={"memory": keep, "kv_state": None})
+        self.agent = agent.model_copy(update={"memory": keep})
         self.events.emit("agent.memory_compressed", agent_id=agent.spec.agent_id,
                          turns_before=len(agent.memory), turns_after=len(keep))
 

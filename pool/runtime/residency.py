@@ -2,7 +2,10 @@
 
 `HostRuntime` (`pool/runtime/host.py`) adds the EXECUTE -> MONITOR -> RECOVER loop on top. The agent's
 KV state lives in the engine (its slot) while it is resident and goes into its checkpoint when
-it is parked, unless it is over `engine.kv_max_bytes`. Each move of the agent's state during a run
+it is parked, unless it is over `engine.kv_max_bytes`; the hot tier gets only a reference to it
+when the engine keeps a copy (`kv_reference`), and a bind whose reference the engine no longer
+knows restores the checkpoint's KV instead. The Host's record holds no KV while the agent is
+resident: its slot does. Each move of the agent's state during a run
 is told to `on_state` as it happens (the manager follows it mid-batch); bind and park are not:
 the manager makes those moves itself.
 """
@@ -17,7 +20,7 @@ from agents import codec
 from agents.config import Settings
 from agents.engines.base import Engine
 from agents.engines.gpumem import nvml_reading
-from agents.errors import UsageError
+from agents.errors import StorageError, UsageError
 from agents.events import EventSink
 from agents.models import AgentRecord
 from agents.state import RESIDENT, AgentState, Event, next_state
@@ -51,29 +54,44 @@ class Residency:
         if record.state in RESIDENT:  # committed while resident on a Host that is gone
             record = record.model_copy(update={"state": next_state(record.state, Event.HOST_LOST)})
         kv = record.kv_state if self.settings.engine.kv_snapshot else None
-        kv_restored = self.engine.load_state(agent_id, kv)  # None: the slot starts empty
-        self.agent = record.model_copy(update={"state": next_state(record.state, Event.ACTIVATE)})
+        kv_restored = self.engine.load_state(agent_id, kv)  # kv None: the slot starts empty
+        kv_fallback = kv_restored is None  # a reference to a copy the engine no longer keeps
+        if kv_fallback:
+            kv_restored = self.engine.load_state(agent_id, self._checkpoint_kv(agent_id))
+        self.agent = record.model_copy(update={"state": next_state(record.state, Event.ACTIVATE),
+                                               "kv_state": None})
         self.epoch = epoch
         elapsed = time.perf_counter() - started
         self.events.emit("agent.activated", agent_id=agent_id, host=self.host_id, epoch=epoch,
-                         tier=tier, kv_restored=kv_restored, elapsed_s=round(elapsed, 6))
-        return {"elapsed_s": elapsed, "kv_restored": kv_restored, "state": self.agent.state.value,
-                "tier": tier, "kv_tokens": self.kv_tokens()}
+                         tier=tier, kv_restored=bool(kv_restored), kv_fallback=kv_fallback,
+                         elapsed_s=round(elapsed, 6))
+        return {"elapsed_s": elapsed, "kv_restored": bool(kv_restored), "kv_fallback": kv_fallback,
+                "state": self.agent.state.value, "tier": tier, "kv_tokens": self.kv_tokens()}
+
+    def _checkpoint_kv(self, agent_id: str) -> bytes | None:
+        """The KV in the agent's checkpoint; None when it has none or cannot be read (the KV is
+        a cache: the agent then re-reads its persona and memory)."""
+        try:
+            return self.store.read(agent_id)[0].kv_state
+        except StorageError:
+            return None
 
     def park(self) -> bytes:
         """Commit the agent's checkpoint and unbind it; returns the bytes for the hot tier."""
         agent = self._require()
-        kv = self._slot_kv() if self._keeps_kv() else agent.kv_state
+        kv = self._slot_kv() if self._keeps_kv() else None
         parked = agent.model_copy(update={"state": next_state(agent.state, Event.PARK),
                                           "kv_state": kv})
         # After a run the agent is already committed (in a resident state, which a later bind
         # reads as a lost Host): only the hot-tier copy needs the DORMANT state, unless the
         # engine's KV of the agent goes into the checkpoint now. An agent bound from its registry
         # row (`pool.store.agent_table`) has no checkpoint yet: its first park writes it.
-        changed = self._dirty or kv != agent.kv_state or not self.store.exists(agent.spec.agent_id)
-        data = self._commit(parked) if changed else codec.encode(parked)
+        if self._dirty or kv is not None or not self.store.exists(agent.spec.agent_id):
+            self._commit(parked)
         self.agent = None
-        return data
+        reference = getattr(self.engine, "kv_reference", None)
+        hot_kv = (reference(kv) or kv) if reference and kv else kv
+        return codec.encode(parked.model_copy(update={"kv_state": hot_kv}))
 
     def release(self) -> None:
         """Forget the agent without writing (its state is already committed)."""
@@ -102,11 +120,9 @@ class Residency:
         """Tokens of KV the engine holds for the resident agent (0 for engines that do not say)."""
         return int(getattr(self.engine, "kv_tokens", 0))
 
-    def _commit(self, record: AgentRecord) -> bytes:
-        data = codec.encode(record)
-        self.store.write_bytes(record.spec.agent_id, data, self.epoch)
+    def _commit(self, record: AgentRecord) -> None:
+        self.store.write_bytes(record.spec.agent_id, codec.encode(record), self.epoch)
         self._dirty = False
-        return data
 
     def _require(self) -> AgentRecord:
         if self.agent is None:

@@ -45,6 +45,10 @@ def test_bench_runs_every_benchmark_and_writes_json_and_plot(local_ray: None, tm
         assert "kv_restore" in data and "real_model" in data
         assert 0 < data["kv_restore"]["kv_bytes"] <= data["kv_restore"]["kv_max_bytes"]
         assert data["kv_restore"]["with_kv"]["kv_restored"] == TINY.kv_reps
+        assert data["kv_restore"]["with_kv_whole"]["kv_restored"] == TINY.kv_reps
+        hot = data["kv_restore"]["hot_bytes"]  # the pool's hot tier names the engine's copy
+        assert hot["with_kv"] < hot["without_kv"] + 100 < hot["with_kv_whole"]
+        assert data["kv_restore"]["kv_fallbacks"] == 0
         assert data["kv_restore"]["without_kv"]["kv_restored"] == 0
         real = data["real_model"]  # both engines' own counters were read around every round
         for side in ("pool", "server"):

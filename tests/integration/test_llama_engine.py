@@ -17,8 +17,9 @@ import pytest
 from agents.config import EngineConfig
 from agents.engines.base import GenRequest
 from agents.engines.gpumem import MIB
-from agents.engines.llama_server import LlamaServerCore, label_grammar
+from agents.engines.llama_server import MISSING, LlamaServerCore, label_grammar
 from agents.engines.memory import read_shape
+from agents.engines.snapshot import new_id, pack, reference
 from agents.errors import EngineFault, FaultClass, UsageError
 from agents.models import GenerationParams, TaskKind, Turn
 
@@ -99,6 +100,21 @@ def test_slot_save_restore_round_trips_and_cuts_prompt_evaluation(core: LlamaSer
     assert warm.text == first.text  # same KV, temperature 0: same answer
 
 
+def test_a_reference_restores_the_engines_kept_copy_and_a_forgotten_one_says_so(
+    core: LlamaServerCore,
+) -> None:
+    req = _req("Where do I work? Answer in a few words.", memory=MEMORY,
+               params=GenerationParams(temperature=0.0, max_tokens=12, seed=3))
+    first = core.generate(req, slot=6)
+    ref = reference(core.save_slot(6) or b"")
+    assert ref is not None and len(ref) < 100, "the engine keeps a copy: a reference stands for it"
+    assert core.restore_slot(7, ref) == first.prompt_tokens + first.completion_tokens - 1
+    warm = core.generate(req, slot=7)
+    assert warm.extra["prompt_evaluated"] <= 2, warm.extra  # persona + memory from the copy
+    forgotten = pack(new_id(), True, core._tag, b"")  # evicted, or saved by an engine now gone
+    assert core.restore_slot(7, forgotten) == MISSING and core.tokens[7] == 0
+
+
 def test_slot_actions_of_different_slots_do_not_wait_for_each_other(
     core: LlamaServerCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,7 +141,7 @@ def test_slot_actions_of_different_slots_do_not_wait_for_each_other(
 
 def test_a_foreign_or_torn_snapshot_empties_the_slot_instead_of_loading(core: LlamaServerCore) -> None:
     core.generate(_req("Say hi."), slot=3)
-    assert core.restore_slot(3, b"SHKV\x02\x00garbage") == 0
+    assert core.restore_slot(3, b"SHKV\x03\x00garbage") == 0
     assert core.tokens[3] == 0
 
 

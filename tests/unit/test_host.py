@@ -222,6 +222,54 @@ def test_the_slots_kv_goes_into_the_checkpoint_at_park_and_a_stale_copy_never_ou
     assert parked.kv_state == kv and store.read("a1")[0].kv_state == kv  # saved from the slot
 
 
+class _KeepingEngine(ScriptedEngine):
+    """The scripted engine keeping a copy of each snapshot it saved, as the llama.cpp engine does:
+    the hot tier then carries a reference, which `load_state` answers None once the copy is gone."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        super().__init__(cfg)
+        self.kept: dict[bytes, bytes] = {}
+
+    def save_state(self, agent_id: str) -> bytes | None:
+        blob = super().save_state(agent_id)
+        if blob is not None:
+            self.kept[b"ref:" + agent_id.encode()] = blob
+        return blob
+
+    def kv_reference(self, blob: bytes) -> bytes | None:
+        return next((ref for ref, kept in self.kept.items() if kept == blob), None)
+
+    def load_state(self, agent_id: str, blob: bytes | None) -> bool | None:
+        if blob is not None and blob.startswith(b"ref:"):
+            if blob not in self.kept:
+                super().load_state(agent_id, None)
+                return None
+            blob = self.kept[blob]
+        return super().load_state(agent_id, blob)
+
+
+def test_the_hot_tier_gets_a_reference_and_a_forgotten_one_restores_the_checkpoints_kv(
+    tmp_path: Path,
+) -> None:
+    host, store = make_host(tmp_path, None)
+    host.park()
+    host.engine = engine = _KeepingEngine(host.settings.engine)
+    kv = b"KV of a1's slot" * 100
+    store.write(store.read("a1")[0].model_copy(update={"kv_state": kv}), epoch=2)
+    host.bind("a1", None, epoch=3)
+    host.run(make_tasks(1), headroom=0.5)
+    hot = host.park()
+    assert codec.decode(hot).kv_state == b"ref:a1", "the hot tier carries the reference only"
+    assert store.read("a1")[0].kv_state == kv, "the checkpoint has the whole KV"
+    info = host.bind("a1", hot, epoch=4)
+    assert info["kv_restored"] and not info["kv_fallback"] and engine.save_state("a1") == kv
+    assert host.agent is not None and host.agent.kv_state is None  # the slot holds it
+    host.release()
+    engine.kept.clear()  # evicted, or the engine restarted
+    info = host.bind("a1", hot, epoch=5)
+    assert info["kv_restored"] and info["kv_fallback"] and engine.save_state("a1") == kv
+
+
 def test_a_kv_state_over_the_cap_is_dropped_with_an_event(tmp_path: Path) -> None:
     host, store = make_host(tmp_path, None)
     host.park()
