@@ -11,6 +11,12 @@ task on both sides, no task asked twice. Both sides alternate, repetition by rep
 an untimed warm-up each; one pool serves every repetition (fresh task ids each time), so Host
 start-up, model loading and first activations are outside the timings on both sides.
 
+A third side splits the gap: llama-server driven as a client of stateful agents must drive it
+(`_serve_in_order`), each agent's tasks one after another on one slot (its next request needs its
+last answer), as many agents at once as slots. It runs on its own engine, so that no request is
+answered from the other side's prompt cache. The pool against it is the pool's own overhead; the
+two peers against each other are what running an agent's tasks in order costs the round.
+
 How full the engine's batches are, on both sides, from llama-server's own counters
 (`decode_figures`): decode steps per task, tokens per step and milliseconds of the round per
 step. The engine is the same, so a step costs about the same whatever it holds: a pool that feeds
@@ -120,13 +126,16 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
     pool = start_pool(cfg, root / "checkpoints")
     # llama-server as it comes: its host-RAM prompt cache at its default size (the pool's engine
     # has one too, `engine.prompt_cache_mib`, smaller: each agent's own KV is in its checkpoint)
-    server = LlamaServerCore(cfg.engine.model_copy(update={"prompt_cache_mib": SERVER_CACHE_MIB}), slots=k)
+    peer_cfg = cfg.engine.model_copy(update={"prompt_cache_mib": SERVER_CACHE_MIB})
+    server = LlamaServerCore(peer_cfg, slots=k)
+    in_order = LlamaServerCore(peer_cfg, slots=k)
     rows: defaultdict[str, list[float]] = defaultdict(list)  # figure -> one value a round
     try:
         pool.register(specs)
         say(f"  real model: {len(warm)} untimed tasks on both sides (engine load, first activations)")
         pool.run(warm)
         _serve(server, k, [_request(t, by_id[t.agent_id]) for t in warm])
+        _serve_in_order(in_order, k, [_request(t, by_id[t.agent_id]) for t in warm])
         (engine,) = engine_actors(cfg.pool.namespace)
         for rep, batch in enumerate(rounds):
             before, counted = cpu_seconds(), ray.get(engine.metrics.remote())
@@ -145,15 +154,20 @@ def real_model(limit: int, reps: int, root: Any, say: Say, slots: int | None = N
             rows["server_tasks_per_s"].append(len(batch) / served)
             rows["server_latency_p50_s"].append(s_lat["p50"])
             rows["server_latency_p95_s"].append(s_lat["p95"])
+            chained = _serve_in_order(in_order, k, [_request(t, by_id[t.agent_id]) for t in batch])
+            rows["server_in_order_tasks_per_s"].append(len(batch) / chained)
             say(f"  real model rep {rep + 1} / {reps}: pool {rows['pool_tasks_per_s'][-1]:.2f} "
                 f"tasks/s, llama-server {rows['server_tasks_per_s'][-1]:.2f} tasks/s; in the pool's "
                 f"round its engine had {split['engine_share']:.0%} of the CPU used ({split['line']})")
     finally:
         pool.stop()
         server.close()
+        in_order.close()
     out: dict[str, Any] = {"tasks": len(rounds[0]), "reps": reps, "slots": k, "one_priority": one_priority,
                            **{key: stats(v) for key, v in rows.items()}}
     out["ratio_tasks_p50"] = ratio(out["pool_tasks_per_s"]["p50"], out["server_tasks_per_s"]["p50"])
+    out["ratio_tasks_in_order_p50"] = ratio(out["pool_tasks_per_s"]["p50"],
+                                            out["server_in_order_tasks_per_s"]["p50"])
     out["ratio_latency_p50"] = ratio(out["pool_latency_p50_s"]["p50"], out["server_latency_p50_s"]["p50"])
     out["ratio_latency_p95"] = ratio(out["pool_latency_p95_s"]["p50"], out["server_latency_p95_s"]["p50"])
     return out
@@ -219,6 +233,31 @@ def _serve(server: Any, slots: int, reqs: list[GenRequest]) -> tuple[float, dict
     with ThreadPoolExecutor(slots) as ex:
         latencies = list(ex.map(one, reqs))
     return time.perf_counter() - started, stats(latencies)
+
+
+def _serve_in_order(server: Any, slots: int, reqs: list[GenRequest]) -> float:
+    """llama-server as a client of stateful agents drives it: each agent's requests one after
+    another on one slot, in the order given, `slots` agents at once, the next agent (in order of
+    its first request) on the first slot that frees. Returns the wall time."""
+    chains: dict[str, list[GenRequest]] = {}
+    for req in reqs:
+        chains.setdefault(req.agent_id, []).append(req)
+    free: queue.Queue[int] = queue.Queue()
+    for k in range(slots):
+        free.put(k)
+
+    def one(chain: list[GenRequest]) -> None:
+        slot = free.get()
+        try:
+            for req in chain:
+                server.generate(req, slot)
+        finally:
+            free.put(slot)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(slots) as ex:
+        list(ex.map(one, chains.values()))
+    return time.perf_counter() - started
 
 
 ENGINE_PROCESS = "ray::LlamaEngineActor"  # the shared llama.cpp engine's actor, as `ps` names it

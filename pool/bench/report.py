@@ -109,6 +109,9 @@ def _overhead(res: dict[str, Any]) -> list[Row]:
              f"{_f(r['pool_tasks_per_s']['p50'], '{:.2f}')} / {_f(r['server_tasks_per_s']['p50'], '{:.2f}')}"
              f" = {_f(r['ratio_tasks_p50'], '{:.2f}')}x", ">= 1.0x (overhead < 5%)",
              _check(r["ratio_tasks_p50"], lambda v: v >= 0.95)),
+            ("pool vs llama-server", "llama-server with each agent's tasks in order: tasks/s; pool / it",
+             f"{_f(r.get('server_in_order_tasks_per_s', {}).get('p50'), '{:.2f}')}"
+             f" = {_f(r.get('ratio_tasks_in_order_p50'), '{:.2f}')}x", "", None),
             ("pool vs llama-server", "task latency p50 / p95 ratio",
              f"{_f(r['ratio_latency_p50'], '{:.2f}')}x / {_f(r['ratio_latency_p95'], '{:.2f}')}x",
              "<= 1.3x", _check(r["ratio_latency_p50"], lambda v: v <= 1.3)),

@@ -55,6 +55,7 @@ def test_bench_runs_every_benchmark_and_writes_json_and_plot(local_ray: None, tm
             assert real[f"{side}_decodes_per_task"]["p50"] >= 1
             assert real[f"{side}_tokens_per_decode"]["p50"] >= 1
             assert real[f"{side}_ms_per_decode"]["p50"] > 0
+        assert real["server_in_order_tasks_per_s"]["p50"] > 0
 
     act = data["activation"]
     assert act["hot"]["n"] == act["disk"]["n"] == TINY.rounds * TINY.per_round

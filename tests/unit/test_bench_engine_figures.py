@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from pool.bench.overhead import at_one_priority, cpu_seconds, cpu_split, decode_figures
+from agents.engines.base import GenRequest
+from agents.models import GenerationParams
+from pool.bench.overhead import _serve_in_order, at_one_priority, cpu_seconds, cpu_split, decode_figures
 from pool.bench.report import rows
 from pool.bench.workload import shipped
 
@@ -51,7 +53,8 @@ _REAL = {"slots": 12, "tasks": 96, "pool_tasks_per_s": _p50(3.5), "server_tasks_
          "pool_tokens_per_decode": _p50(19.5), "server_tokens_per_decode": _p50(26.0),
          "pool_ms_per_decode": _p50(96.4), "server_ms_per_decode": _p50(76.0),
          "pool_prompt_tokens_per_task": _p50(30.04), "server_prompt_tokens_per_task": _p50(22.5),
-         "pool_generated_tokens_per_task": _p50(33.3), "server_generated_tokens_per_task": _p50(31.0)}
+         "pool_generated_tokens_per_task": _p50(33.3), "server_generated_tokens_per_task": _p50(31.0),
+         "server_in_order_tasks_per_s": _p50(4.0), "ratio_tasks_in_order_p50": 0.875}
 
 
 def test_the_report_shows_both_sides_decode_figures_and_na_for_an_older_result() -> None:
@@ -62,6 +65,7 @@ def test_the_report_shows_both_sides_decode_figures_and_na_for_an_older_result()
     assert shown["ms of the round per decode step, pool / llama-server (p50)"] == "96 / 76"
     assert shown["prompt tokens evaluated per task, pool / llama-server (p50)"] == "30.0 / 22.5"
     assert shown["tokens generated per task, pool / llama-server (p50)"] == "33.3 / 31.0"
+    assert shown["llama-server with each agent's tasks in order: tasks/s; pool / it"] == "4.00 = 0.88x"
     older = {k: v for k, v in real.items() if "decode" not in k}
     shown = {r[1]: r[2] for r in rows({"real_model": older})}
     assert shown["tokens per decode step, pool / llama-server (p50)"] == "n/a / n/a"
@@ -76,3 +80,29 @@ def test_one_priority_keeps_the_agents_and_levels_their_priorities() -> None:
     assert [s.system_prompt for s in level] == [s.system_prompt for s in specs]
     shown = {r[1] for r in rows({"real_model": {**_REAL, "one_priority": True}})}
     assert "tasks/s pool / llama-server, 12 slots (96 tasks, agents at one priority)" in shown
+
+
+def test_the_in_order_peer_runs_an_agents_requests_one_after_another_and_agents_side_by_side() -> None:
+    import threading
+
+    met = threading.Barrier(2, timeout=10)  # the first requests of two agents must overlap
+    lock, busy, seen = threading.Lock(), set(), []
+
+    class Server:
+        def generate(self, req: GenRequest, slot: int) -> None:
+            with lock:
+                assert req.agent_id not in {a for a, _ in busy}, "one agent's requests overlapped"
+                assert slot not in {s for _, s in busy}, "two requests on one slot"
+                busy.add((req.agent_id, slot))
+                seen.append(req.task_id)
+            if req.task_id.endswith("-0"):
+                met.wait()
+            with lock:
+                busy.discard((req.agent_id, slot))
+
+    # agent by agent: sent as independent requests, a-0 (held at the barrier) and a-1 would overlap
+    reqs = [GenRequest(agent, f"{agent}-{i}", "", "q", GenerationParams())
+            for agent in ("a", "b") for i in range(3)]
+    assert _serve_in_order(Server(), 2, reqs) > 0
+    for agent in ("a", "b"):
+        assert [t for t in seen if t.startswith(agent)] == [f"{agent}-{i}" for i in range(3)]
