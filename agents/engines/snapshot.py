@@ -69,25 +69,30 @@ def pack(sid: str, kept: bool, tag: bytes, data: bytes) -> bytes:
 
 def parse(blob: bytes, tag: bytes) -> Snapshot | None:
     """The snapshot in `blob`; None when it is torn, of another format, or of another model."""
-    if len(blob) < _HEAD.size:
+    head = _header(blob)
+    if head is None or blob[_HEAD.size : head[2]] != tag:
         return None
-    magic, version, kept, sid, tag_len = _HEAD.unpack_from(blob)
-    end = _HEAD.size + tag_len
-    if (magic, version) != (MAGIC, VERSION) or blob[_HEAD.size : end] != tag:
-        return None
-    return Snapshot(sid.hex(), bool(kept), memoryview(blob)[end:])
+    kept, sid, end = head
+    return Snapshot(sid.hex(), kept, memoryview(blob)[end:])
 
 
 def reference(blob: bytes) -> bytes | None:
     """A reference to the snapshot in `blob` while its engine keeps a copy; None when it keeps
     none (or `blob` is not a whole snapshot: the hot tier then carries the bytes)."""
+    head = _header(blob)
+    if head is None or not head[0] or len(blob) <= head[2]:
+        return None
+    return blob[: head[2]]
+
+
+def _header(blob: bytes) -> tuple[bool, bytes, int] | None:
+    """(kept, id, where the slot file starts) of a snapshot of this format; None otherwise."""
     if len(blob) < _HEAD.size:
         return None
-    magic, version, kept, _, tag_len = _HEAD.unpack_from(blob)
-    end = _HEAD.size + tag_len
-    if (magic, version) != (MAGIC, VERSION) or not kept or len(blob) <= end:
+    magic, version, kept, sid, tag_len = _HEAD.unpack_from(blob)
+    if (magic, version) != (MAGIC, VERSION):
         return None
-    return blob[:end]
+    return bool(kept), sid, _HEAD.size + tag_len
 
 
 class KeptSnapshots:

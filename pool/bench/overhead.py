@@ -216,23 +216,8 @@ def _disjoint(tasks: list[Task], n: int, reps: int) -> tuple[list[Task], list[li
 def _serve(server: Any, slots: int, reqs: list[GenRequest]) -> tuple[float, dict[str, float]]:
     """llama-server as its docs say to drive it: `slots` clients at once, each on its own slot.
     Returns the wall time and the request latencies' stats."""
-    free: queue.Queue[int] = queue.Queue()
-    for k in range(slots):
-        free.put(k)
-
-    def one(req: GenRequest) -> float:
-        slot = free.get()
-        try:
-            t0 = time.perf_counter()
-            server.generate(req, slot)
-            return time.perf_counter() - t0
-        finally:
-            free.put(slot)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(slots) as ex:
-        latencies = list(ex.map(one, reqs))
-    return time.perf_counter() - started, stats(latencies)
+    wall, latencies = _drive(server, slots, [[req] for req in reqs])
+    return wall, stats(latencies)
 
 
 def _serve_in_order(server: Any, slots: int, reqs: list[GenRequest]) -> float:
@@ -242,22 +227,32 @@ def _serve_in_order(server: Any, slots: int, reqs: list[GenRequest]) -> float:
     chains: dict[str, list[GenRequest]] = {}
     for req in reqs:
         chains.setdefault(req.agent_id, []).append(req)
+    return _drive(server, slots, list(chains.values()))[0]
+
+
+def _drive(server: Any, slots: int, chains: list[list[GenRequest]]) -> tuple[float, list[float]]:
+    """`slots` threads, each taking the next chain onto a free slot and sending its requests one
+    after another; the wall time and every request's latency."""
     free: queue.Queue[int] = queue.Queue()
     for k in range(slots):
         free.put(k)
 
-    def one(chain: list[GenRequest]) -> None:
+    def one(chain: list[GenRequest]) -> list[float]:
         slot = free.get()
         try:
+            latencies = []
             for req in chain:
+                t0 = time.perf_counter()
                 server.generate(req, slot)
+                latencies.append(time.perf_counter() - t0)
+            return latencies
         finally:
             free.put(slot)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(slots) as ex:
-        list(ex.map(one, chains.values()))
-    return time.perf_counter() - started
+        latencies = [t for chain in ex.map(one, chains) for t in chain]
+    return time.perf_counter() - started, latencies
 
 
 ENGINE_PROCESS = "ray::LlamaEngineActor"  # the shared llama.cpp engine's actor, as `ps` names it

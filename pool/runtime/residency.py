@@ -86,12 +86,15 @@ class Residency:
         # reads as a lost Host): only the hot-tier copy needs the DORMANT state, unless the
         # engine's KV of the agent goes into the checkpoint now. An agent bound from its registry
         # row (`pool.store.agent_table`) has no checkpoint yet: its first park writes it.
+        committed = None
         if self._dirty or kv is not None or not self.store.exists(agent.spec.agent_id):
-            self._commit(parked)
+            committed = self._commit(parked)
         self.agent = None
         reference = getattr(self.engine, "kv_reference", None)
         hot_kv = (reference(kv) or kv) if reference and kv else kv
-        return codec.encode(parked.model_copy(update={"kv_state": hot_kv}))
+        if committed is None or hot_kv is not kv:  # else the hot tier gets what was committed
+            committed = codec.encode(parked.model_copy(update={"kv_state": hot_kv}))
+        return committed
 
     def release(self) -> None:
         """Forget the agent without writing (its state is already committed)."""
@@ -120,9 +123,11 @@ class Residency:
         """Tokens of KV the engine holds for the resident agent (0 for engines that do not say)."""
         return int(getattr(self.engine, "kv_tokens", 0))
 
-    def _commit(self, record: AgentRecord) -> None:
-        self.store.write_bytes(record.spec.agent_id, codec.encode(record), self.epoch)
+    def _commit(self, record: AgentRecord) -> bytes:
+        data = codec.encode(record)
+        self.store.write_bytes(record.spec.agent_id, data, self.epoch)
         self._dirty = False
+        return data
 
     def _require(self) -> AgentRecord:
         if self.agent is None:
