@@ -13,9 +13,11 @@ No Ray, no llama.cpp here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
+import socket
 import struct
 import tempfile
 import threading
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-_FOLDER: Final = "selfheal-slots-"  # + the engine's pid + "-" + random
+_FOLDER: Final = "selfheal-slots-"  # + pid_space() + "-" + the engine's pid + "-" + random
 _HEAD: Final = struct.Struct("<4sHB16sI")  # magic, version, kept, id, len(model tag)
 MAGIC: Final = b"SHKV"
 VERSION: Final = 3
@@ -40,13 +42,26 @@ class Snapshot:
 def engine_folder(base: str | None = None) -> Path:
     """A new private (0700) folder for this process's slot files, in `base` (default: the temp
     folder). The folders of engines that died without closing (kill -9), with their kept
-    snapshots, are deleted first: their process is gone."""
+    snapshots, are deleted first: their process is gone. Only folders named in this process's
+    pid space are looked at: a pid of another container sharing the folder says nothing here."""
     root = Path(base or tempfile.gettempdir())
-    for old in root.glob(f"{_FOLDER}*"):
-        pid = old.name.removeprefix(_FOLDER).partition("-")[0]
+    space = pid_space()
+    for old in root.glob(f"{_FOLDER}{space}-*"):
+        pid = old.name.removeprefix(f"{_FOLDER}{space}-").partition("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{_FOLDER}{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"{_FOLDER}{space}-{os.getpid()}-", dir=root))
+
+
+def pid_space() -> str:
+    """8 hex digits naming whose pid numbers these are: this boot's pid namespace (Linux), else
+    this host."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            key = f"{f.read().strip()}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        key = socket.gethostname()
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
 def _alive(pid: int) -> bool:

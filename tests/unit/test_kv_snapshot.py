@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agents.engines.snapshot import KeptSnapshots, engine_folder, new_id, pack, parse, reference
+from agents.engines.snapshot import KeptSnapshots, engine_folder, new_id, pack, parse, pid_space, reference
 
 TAG = b"model.gguf:123"
 
@@ -56,12 +56,18 @@ def test_an_engine_folder_left_by_a_dead_engine_is_swept_and_a_live_ones_kept(tm
     import sys
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead = tmp_path / f"selfheal-slots-{gone.stdout.strip()}-abc"
+                          capture_output=True, text=True, check=True).stdout.strip()
+    here = pid_space()
+    dead = tmp_path / f"selfheal-slots-{here}-{gone}-abc"
     dead.mkdir()
     (dead / "kept-1.bin").write_bytes(b"k" * 100)
-    live = tmp_path / f"selfheal-slots-{os.getppid()}-def"
+    live = tmp_path / f"selfheal-slots-{here}-{os.getppid()}-def"
     live.mkdir()
+    # the same pid number in another pid namespace (a container sharing this temp folder) is
+    # another process, whose liveness cannot be seen from here: its folder stays
+    other = tmp_path / f"selfheal-slots-{'0' * len(here)}-{gone}-ghi"
+    other.mkdir()
     mine = engine_folder(str(tmp_path))
-    assert not dead.exists() and live.exists()
-    assert mine.name.startswith(f"selfheal-slots-{os.getpid()}-") and mine.stat().st_mode & 0o777 == 0o700
+    assert not dead.exists() and live.exists() and other.exists()
+    assert mine.name.startswith(f"selfheal-slots-{here}-{os.getpid()}-")
+    assert mine.stat().st_mode & 0o777 == 0o700
