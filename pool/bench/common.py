@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import queue
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from rich.console import Console
@@ -24,6 +26,9 @@ from agents.config import DAY_S, Settings, load_settings
 from agents.models import AgentSpec, Task, TaskResult
 from pool.driver.runs import shutdown_pool
 from pool.driver.summary import percentile
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
 
 _pools = itertools.count()
 Say = Callable[[str], None]
@@ -163,3 +168,31 @@ def disk_usage(root: Path) -> tuple[int, int, int]:
                 else:
                     files += 1
     return allocated, apparent, files
+
+
+def on_free_slots(slots: int, chains: list[list[Item]],
+                  call: Callable[[Item, int], Answer]) -> tuple[float, list[tuple[float, Answer]]]:
+    """How a client drives llama-server's `slots` slots: `slots` threads, each taking the next
+    chain onto a free slot and calling `call(item, slot)` for its items one after another
+    (independent requests are chains of one). The wall time and each item's (latency, answer),
+    in the chains' order."""
+    free: queue.Queue[int] = queue.Queue()
+    for k in range(slots):
+        free.put(k)
+
+    def one(chain: list[Item]) -> list[tuple[float, Answer]]:
+        slot = free.get()
+        try:
+            out = []
+            for item in chain:
+                t0 = time.perf_counter()
+                answer = call(item, slot)
+                out.append((time.perf_counter() - t0, answer))
+            return out
+        finally:
+            free.put(slot)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(slots) as ex:
+        answers = [a for chain in ex.map(one, chains) for a in chain]
+    return time.perf_counter() - started, answers

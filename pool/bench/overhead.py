@@ -32,11 +32,9 @@ processes' share is what its engine loses.
 
 from __future__ import annotations
 
-import queue
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -46,7 +44,16 @@ from agents.engines.base import GenRequest
 from agents.engines.factory import make_engine
 from agents.engines.shared import engine_actors
 from agents.models import AgentSpec, Task
-from pool.bench.common import NO_FAULTS, SERVER_CACHE_MIB, Say, ratio, settings, start_pool, stats
+from pool.bench.common import (
+    NO_FAULTS,
+    SERVER_CACHE_MIB,
+    Say,
+    on_free_slots,
+    ratio,
+    settings,
+    start_pool,
+    stats,
+)
 from pool.bench.workload import shipped
 from pool.driver.synthetic import synthetic_tasks
 
@@ -216,8 +223,8 @@ def _disjoint(tasks: list[Task], n: int, reps: int) -> tuple[list[Task], list[li
 def _serve(server: Any, slots: int, reqs: list[GenRequest]) -> tuple[float, dict[str, float]]:
     """llama-server as its docs say to drive it: `slots` clients at once, each on its own slot.
     Returns the wall time and the request latencies' stats."""
-    wall, latencies = _drive(server, slots, [[req] for req in reqs])
-    return wall, stats(latencies)
+    wall, answers = on_free_slots(slots, [[req] for req in reqs], server.generate)
+    return wall, stats(lat for lat, _ in answers)
 
 
 def _serve_in_order(server: Any, slots: int, reqs: list[GenRequest]) -> float:
@@ -227,32 +234,7 @@ def _serve_in_order(server: Any, slots: int, reqs: list[GenRequest]) -> float:
     chains: dict[str, list[GenRequest]] = {}
     for req in reqs:
         chains.setdefault(req.agent_id, []).append(req)
-    return _drive(server, slots, list(chains.values()))[0]
-
-
-def _drive(server: Any, slots: int, chains: list[list[GenRequest]]) -> tuple[float, list[float]]:
-    """`slots` threads, each taking the next chain onto a free slot and sending its requests one
-    after another; the wall time and every request's latency."""
-    free: queue.Queue[int] = queue.Queue()
-    for k in range(slots):
-        free.put(k)
-
-    def one(chain: list[GenRequest]) -> list[float]:
-        slot = free.get()
-        try:
-            latencies = []
-            for req in chain:
-                t0 = time.perf_counter()
-                server.generate(req, slot)
-                latencies.append(time.perf_counter() - t0)
-            return latencies
-        finally:
-            free.put(slot)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(slots) as ex:
-        latencies = [t for chain in ex.map(one, chains) for t in chain]
-    return time.perf_counter() - started, latencies
+    return on_free_slots(slots, list(chains.values()), server.generate)[0]
 
 
 ENGINE_PROCESS = "ray::LlamaEngineActor"  # the shared llama.cpp engine's actor, as `ps` names it

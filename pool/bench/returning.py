@@ -27,11 +27,9 @@ say something about 480 agents scales `server_cache_mib` to the same share of it
 from __future__ import annotations
 
 import math
-import queue
 import random
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from typing import Any
 from agents.engines.base import GenRequest, GenResult
 from agents.errors import UsageError
 from agents.models import AgentSpec, GenerationParams, Task, TaskKind, TaskStatus, Turn
-from pool.bench.common import SERVER_CACHE_MIB, Say, ratio, stats
+from pool.bench.common import SERVER_CACHE_MIB, Say, on_free_slots, ratio, stats
 
 TARGET_RATIO = 3.0  # issue 11: the pool's throughput >= 3x the peer's
 CHARS_PER_TOKEN = 3.0  # of these ledgers with SmolLM2's tokenizer (measured: 2.98)
@@ -265,30 +263,20 @@ class _Peer:
                           params=spec.generation, memory=self.turns.get(task.agent_id, ()))
 
     def serve(self, tasks: list[Task]) -> list[tuple[float, GenResult | None]]:
-        free: queue.Queue[int] = queue.Queue()
-        for k in range(self.slots):
-            free.put(k)
-
-        def one(task: Task) -> tuple[float, GenResult | None]:
-            slot = free.get()
-            try:
-                t0 = time.perf_counter()
-                try:
-                    res: GenResult | None = self.server.generate(self.request(task), slot)
-                except Exception:  # counted as not done, as a failed task of the pool's
-                    res = None
-                return time.perf_counter() - t0, res
-            finally:
-                free.put(slot)
-
-        with ThreadPoolExecutor(self.slots) as ex:
-            out = list(ex.map(one, tasks))
+        _, out = on_free_slots(self.slots, [[t] for t in tasks], self._generate)
         for task, (_, res) in zip(tasks, out, strict=True):
             if res is not None:
                 self.turns[task.agent_id] = (*self.turns.get(task.agent_id, ()),
                                              Turn(role="user", content=task.prompt),
                                              Turn(role="assistant", content=res.text))
         return out
+
+    def _generate(self, task: Task, slot: int) -> GenResult | None:
+        try:
+            res: GenResult = self.server.generate(self.request(task), slot)
+        except Exception:  # counted as not done, as a failed task of the pool's
+            return None
+        return res
 
     def serve_pass(self, batch: list[Task], visit: int) -> Pass:
         before = self.server.metrics().get("prompt_tokens_total", 0.0)

@@ -116,3 +116,35 @@ def test_a_benchmark_pool_outlives_a_long_pass_of_the_peer() -> None:
     assert load_settings().pool.orphan_timeout_s < 600, "a run's pool is reaped within minutes"
     assert settings("llama_cpp").pool.orphan_timeout_s == DAY_S
     assert settings("scripted", pool={"orphan_timeout_s": 5}).pool.orphan_timeout_s == 5
+
+
+def test_the_peer_answers_each_task_in_order_and_a_failed_request_is_not_remembered() -> None:
+    import threading
+
+    from agents.engines.base import GenRequest, GenResult
+    from agents.models import AgentSpec, Task
+    from pool.bench.returning import _Peer
+
+    lock, busy = threading.Lock(), set()
+
+    class Server:
+        def generate(self, req: GenRequest, slot: int) -> GenResult:
+            with lock:
+                assert slot not in busy, "two requests on one slot"
+                busy.add(slot)
+            try:
+                if req.task_id == "t-1":
+                    raise RuntimeError("the server refused it")
+                return GenResult(f"answer {req.task_id}, {len(req.memory)} turns", "stop", 10, 2, 0.0)
+            finally:
+                with lock:
+                    busy.discard(slot)
+
+    peer = _Peer(Server(), 2, {"a": AgentSpec(agent_id="a"), "b": AgentSpec(agent_id="b")})
+    tasks = [Task(task_id=f"t-{i}", agent_id="ab"[i % 2], prompt=f"q{i}") for i in range(6)]
+    out = peer.serve(tasks)
+    assert [r.text.split(",")[0] if r else None for _, r in out] == [
+        "answer t-0", None, "answer t-2", "answer t-3", "answer t-4", "answer t-5"]
+    # a's three answers and b's two are its turns now (a user and an assistant turn each)
+    assert len(peer.turns["a"]) == 6 and len(peer.turns["b"]) == 4
+    assert peer.request(Task(task_id="t-9", agent_id="b", prompt="q")).memory == peer.turns["b"]
