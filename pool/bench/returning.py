@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -262,14 +261,15 @@ class _Peer:
                           system_prompt=spec.system_prompt, prompt=task.prompt,
                           params=spec.generation, memory=self.turns.get(task.agent_id, ()))
 
-    def serve(self, tasks: list[Task]) -> list[tuple[float, GenResult | None]]:
-        _, out = on_free_slots(self.slots, [[t] for t in tasks], self._generate)
+    def serve(self, tasks: list[Task]) -> tuple[float, list[tuple[float, GenResult | None]]]:
+        """The wall time, and each task's (latency, answer; None when its request failed)."""
+        wall, out = on_free_slots(self.slots, [[t] for t in tasks], self._generate)
         for task, (_, res) in zip(tasks, out, strict=True):
             if res is not None:
                 self.turns[task.agent_id] = (*self.turns.get(task.agent_id, ()),
                                              Turn(role="user", content=task.prompt),
                                              Turn(role="assistant", content=res.text))
-        return out
+        return wall, out
 
     def _generate(self, task: Task, slot: int) -> GenResult | None:
         try:
@@ -280,9 +280,7 @@ class _Peer:
 
     def serve_pass(self, batch: list[Task], visit: int) -> Pass:
         before = self.server.metrics().get("prompt_tokens_total", 0.0)
-        started = time.perf_counter()
-        out = self.serve(batch)
-        wall = time.perf_counter() - started
+        wall, out = self.serve(batch)
         evaluated = self.server.metrics().get("prompt_tokens_total", 0.0) - before
         ok = [(lat, r) for lat, r in out if r is not None]
         self.prompt += sum(r.prompt_tokens for _, r in ok)

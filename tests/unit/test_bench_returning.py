@@ -142,7 +142,7 @@ def test_the_peer_answers_each_task_in_order_and_a_failed_request_is_not_remembe
 
     peer = _Peer(Server(), 2, {"a": AgentSpec(agent_id="a"), "b": AgentSpec(agent_id="b")})
     tasks = [Task(task_id=f"t-{i}", agent_id="ab"[i % 2], prompt=f"q{i}") for i in range(6)]
-    out = peer.serve(tasks)
+    _, out = peer.serve(tasks)
     assert [r.text.split(",")[0] if r else None for _, r in out] == [
         "answer t-0", None, "answer t-2", "answer t-3", "answer t-4", "answer t-5"]
     # a's three answers and b's two are its turns now (a user and an assistant turn each)
